@@ -1,0 +1,88 @@
+# granary: `make demo` runs the main job, `make test` runs every test. Both first do what plain
+# `make` does: Debian packages, the .venv, the C++ build and the install into .venv.
+SHELL := /bin/bash
+.DEFAULT_GOAL := all
+
+PYTHON ?= python3.11
+VENV := .venv
+VPY := $(VENV)/bin/python
+JOBS ?= $(shell nproc)
+BUILD := build/release
+ASAN_BUILD := build/asan
+PY_BUILD := build/py
+PREFIX ?= /usr/local
+STAMPS := build/stamps
+
+APT_PACKAGES := build-essential cmake ninja-build pkg-config python3-venv \
+  liburing-dev libisal-dev libxxhash-dev libzstd-dev nlohmann-json3-dev libfmt-dev \
+  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libssl-dev libexpat1-dev fio
+
+CMAKE_COMMON := -G Ninja -DCMAKE_BUILD_TYPE=Release
+
+.PHONY: all deps venv build install-py test test-cpp test-asan test-py demo bench install clean
+
+all: install-py
+
+# Debian packages: apt-get only when one is missing.
+deps: $(STAMPS)/apt
+$(STAMPS)/apt: Makefile
+	@missing=$$(dpkg-query -W -f='$${Package} $${Status}\n' $(APT_PACKAGES) 2>/dev/null \
+	  | awk '$$NF!="installed"{print $$1}'; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W $$p >/dev/null 2>&1 || echo $$p; done | sort -u); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+# Python environment with pinned packages.
+venv: $(STAMPS)/venv
+$(STAMPS)/venv: requirements-dev.txt $(STAMPS)/apt
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -r requirements-dev.txt
+	@mkdir -p $(STAMPS) && touch $@
+
+# C++ library, CLI and tests (Release, -O2).
+build: $(STAMPS)/apt
+	@test -f $(BUILD)/build.ninja || cmake -S . -B $(BUILD) $(CMAKE_COMMON) -DGRANARY_BUILD_TESTS=ON
+	cmake --build $(BUILD) -j $(JOBS)
+
+# The Python package (extension + CLI) into .venv, through scikit-build-core as `pip install .`
+# does, keeping its build directory for fast rebuilds.
+install-py: build $(STAMPS)/venv
+	$(VPY) -m pip install -q --no-build-isolation --no-deps \
+	  --config-settings=build-dir=$(PY_BUILD) .
+
+test: install-py test-cpp test-py test-asan
+
+test-cpp: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+test-py: install-py
+	cd python/tests && OMP_NUM_THREADS=2 ../../$(VPY) -m pytest -q -p no:cacheprovider --timeout=900 .
+
+test-asan: $(STAMPS)/apt
+	@test -f $(ASAN_BUILD)/build.ninja || cmake -S . -B $(ASAN_BUILD) -G Ninja \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRANARY_SANITIZE=ON -DGRANARY_BUILD_TESTS=ON
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS) --timeout 900
+
+demo: install-py
+	$(VENV)/bin/granary doctor --quick build/demo-doctor
+	$(VPY) examples/store_roundtrip.py build/demo-store
+
+bench: install-py
+	OMP_NUM_THREADS=2 $(VPY) bench/run_all.py
+
+# C++ library (shared), headers, CLI and CMake package config under $(PREFIX).
+install: $(STAMPS)/apt
+	cmake -S . -B build/dist $(CMAKE_COMMON) -DGRANARY_SHARED=ON -DGRANARY_BUILD_TESTS=OFF \
+	  -DCMAKE_INSTALL_PREFIX=$(PREFIX)
+	cmake --build build/dist -j $(JOBS)
+	cmake --install build/dist
+
+clean:
+	rm -rf build $(VENV) dist *.egg-info

@@ -1,0 +1,11 @@
+# C/C++ dependencies, all from Debian packages.
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+pkg_check_modules(LIBURING REQUIRED IMPORTED_TARGET liburing)
+pkg_check_modules(LIBISAL REQUIRED IMPORTED_TARGET libisal)
+pkg_check_modules(LIBXXHASH REQUIRED IMPORTED_TARGET libxxhash)
+
+# Everything the layers link privately, gathered once.
+add_library(granary_deps INTERFACE)
+target_link_libraries(granary_deps INTERFACE
+  PkgConfig::LIBURING PkgConfig::LIBISAL PkgConfig::LIBXXHASH Threads::Threads)
