@@ -19,7 +19,7 @@ APT_PACKAGES := build-essential cmake ninja-build pkg-config python3-venv \
 
 CMAKE_COMMON := -G Ninja -DCMAKE_BUILD_TYPE=Release
 
-.PHONY: all deps venv build install-py test test-cpp test-asan test-py demo bench install clean
+.PHONY: all deps venv build install-py test test-cpp test-asan test-py test-install demo bench install clean
 
 all: install-py
 
@@ -55,7 +55,7 @@ install-py: build $(STAMPS)/venv
 	$(VPY) -m pip install -q --no-build-isolation --no-deps \
 	  --config-settings=build-dir=$(PY_BUILD) .
 
-test: install-py test-cpp test-py test-asan
+test: install-py test-cpp test-py test-install test-asan
 
 test-cpp: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
@@ -69,6 +69,16 @@ test-asan: $(STAMPS)/apt
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS) --timeout 900
+
+# `make install` into a throwaway prefix, then build and run a separate project against it.
+test-install: $(STAMPS)/apt
+	rm -rf build/install-check
+	$(MAKE) --no-print-directory install PREFIX=$(CURDIR)/build/install-check/prefix
+	cmake -S tests/install_consumer -B build/install-check/consumer -G Ninja \
+	  -DCMAKE_PREFIX_PATH=$(CURDIR)/build/install-check/prefix
+	cmake --build build/install-check/consumer
+	build/install-check/consumer/consumer $(CURDIR)/build/install-check/store
+	build/install-check/prefix/bin/granary --help >/dev/null
 
 demo: install-py
 	$(VENV)/bin/granary doctor --quick build/demo-doctor

@@ -1,0 +1,36 @@
+"""granary: a storage engine for large-model training and inference.
+
+Start with :func:`granary.open`::
+
+    import granary
+
+    store = granary.open("file:///data/store")      # or a plain path, or "mem://name"
+    store.put("runs/a.bin", b"hello")
+    data = store.get("runs/a.bin")
+    with store.writer("runs/big.bin") as w:         # streamed; visible only at commit
+        w.write(chunk)
+    buf = bytearray(5)
+    store.get_into("runs/a.bin", buf)               # zero copy into any writable buffer
+
+Failures raise ordinary exceptions (FileNotFoundError, ValueError, ...); see
+:mod:`granary.errors`.
+"""
+
+from __future__ import annotations
+
+# errors first: the native extension imports it while it initializes.
+from .errors import DataLossError, GranaryError, ResourceExhaustedError, UnavailableError
+from ._core import __version__
+from .store import ObjectInfo, Store, Writer, open
+
+__all__ = [
+    "__version__",
+    "open",
+    "Store",
+    "Writer",
+    "ObjectInfo",
+    "GranaryError",
+    "DataLossError",
+    "UnavailableError",
+    "ResourceExhaustedError",
+]

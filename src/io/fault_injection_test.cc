@@ -1,0 +1,266 @@
+#include "io/fault_injection.h"
+
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+
+#include "gtest/gtest.h"
+#include "io/io_test_util.h"
+
+namespace granary {
+namespace {
+
+using testing::Exists;
+using testing::RandomBytes;
+using testing::RawSize;
+using testing::ReadRawFile;
+using testing::TempDir;
+using testing::WriteRawFile;
+
+class FaultInjectionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto engine = IoEngine::Create();
+    ASSERT_TRUE(engine.ok());
+    engine_ = std::move(engine).value();
+    base_ = NewPosixFileSystem(engine_.get());
+    fs_ = std::make_unique<FaultInjectingFileSystem>(base_.get(), dir_.Join(".backups"));
+  }
+
+  // Creates `name` with `bytes` of content through the wrapper; optionally syncs file and dir.
+  std::string MakeFile(const std::string& name, size_t bytes, bool sync, uint64_t seed = 1) {
+    std::string path = dir_.Join(name);
+    auto file = fs_->Open(path, {.mode = File::Mode::kCreate});
+    EXPECT_TRUE(file.ok());
+    EXPECT_TRUE(fs_->WriteAt(*file, 0, RandomBytes(bytes, seed)).ok());
+    if (sync) {
+      EXPECT_TRUE(fs_->Sync(*file).ok());
+      EXPECT_TRUE(fs_->SyncDir(dir_.path()).ok());
+    }
+    return path;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<IoEngine> engine_;
+  std::unique_ptr<FileSystem> base_;
+  std::unique_ptr<FaultInjectingFileSystem> fs_;
+};
+
+TEST_F(FaultInjectionTest, FailsTheNthWrite) {
+  auto file = fs_->Open(dir_.Join("f"), {.mode = File::Mode::kCreate});
+  ASSERT_TRUE(file.ok());
+  std::vector<std::byte> data = RandomBytes(100, 1);
+  fs_->FailNthWrite(2, EIO);
+  EXPECT_TRUE(fs_->WriteAt(*file, 0, data).ok());
+  Status s = fs_->WriteAt(*file, 100, data);
+  EXPECT_EQ(s.code(), StatusCode::kInternal);
+  EXPECT_EQ(s.sys_errno(), EIO);
+  EXPECT_NE(s.message().find(dir_.Join("f")), std::string::npos) << s.message();
+  EXPECT_EQ(*file->Size(), 100u);  // the failed write wrote nothing
+  EXPECT_TRUE(fs_->WriteAt(*file, 100, data).ok());  // one-shot
+  fs_->FailNthWrite(1, ENOSPC);
+  EXPECT_EQ(fs_->WriteAt(*file, 200, data).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(fs_->writes(), 4u);
+  EXPECT_EQ(fs_->bytes_written(), 200u);
+}
+
+TEST_F(FaultInjectionTest, FailsTheNthSyncCountingDirectorySyncs) {
+  auto file = fs_->Open(dir_.Join("f"), {.mode = File::Mode::kCreate});
+  ASSERT_TRUE(file.ok());
+  fs_->FailNthSync(2, EIO);
+  EXPECT_TRUE(fs_->SyncDir(dir_.path()).ok());
+  Status s = fs_->Sync(*file);
+  EXPECT_EQ(s.sys_errno(), EIO);
+  EXPECT_TRUE(fs_->Sync(*file).ok());
+  fs_->FailNthSync(1, ENOSPC);
+  EXPECT_EQ(fs_->SyncDir(dir_.path()).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(fs_->syncs(), 4u);
+}
+
+TEST_F(FaultInjectionTest, DiskFullWritesWhatFitsThenFails) {
+  auto file = fs_->Open(dir_.Join("f"), {.mode = File::Mode::kCreate});
+  ASSERT_TRUE(file.ok());
+  std::vector<std::byte> data = RandomBytes(6000, 2);
+  fs_->SetDiskFullAfter(10000);
+  EXPECT_TRUE(fs_->WriteAt(*file, 0, data).ok());
+  Status s = fs_->WriteAt(*file, 6000, data);
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(s.sys_errno(), ENOSPC);
+  EXPECT_EQ(*file->Size(), 10000u);
+  std::vector<std::byte> content = ReadRawFile(dir_.Join("f"));
+  EXPECT_TRUE(std::equal(data.begin(), data.begin() + 4000, content.begin() + 6000));
+  EXPECT_EQ(fs_->WriteAt(*file, 0, {data.data(), 1}).code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(*file->Size(), 10000u);
+  fs_->ClearDiskFull();
+  EXPECT_TRUE(fs_->WriteAt(*file, 10000, data).ok());
+  EXPECT_EQ(*file->Size(), 16000u);
+}
+
+TEST_F(FaultInjectionTest, ShortWritesLeaveAPrefixAndAnError) {
+  for (bool direct : {false, true}) {
+    std::string path = dir_.Join(direct ? "direct" : "buffered");
+    auto file = fs_->Open(path, {.mode = File::Mode::kCreate, .direct = direct});
+    ASSERT_TRUE(file.ok());
+    std::vector<std::byte> data = RandomBytes(10000, 3);
+    fs_->ShortWrites(true, EIO);
+    Status s = fs_->WriteAt(*file, 0, data);
+    EXPECT_EQ(s.sys_errno(), EIO);
+    EXPECT_EQ(ReadRawFile(path), std::vector<std::byte>(data.begin(), data.begin() + 5000));
+    fs_->ShortWrites(false);
+    EXPECT_TRUE(fs_->WriteAt(*file, 0, data).ok());
+    EXPECT_EQ(ReadRawFile(path), data);
+  }
+}
+
+TEST_F(FaultInjectionTest, CrashKeepsSyncedDataAndDropsTheRest) {
+  std::string path = MakeFile("f", 5000, /*sync=*/true);
+  auto file = fs_->Open(path, {.mode = File::Mode::kReadWrite});
+  ASSERT_TRUE(file.ok());
+  ASSERT_TRUE(fs_->WriteAt(*file, 5000, RandomBytes(3000, 9)).ok());
+  EXPECT_EQ(RawSize(path), 8000);
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_EQ(ReadRawFile(path), RandomBytes(5000, 1));
+}
+
+TEST_F(FaultInjectionTest, CrashDeletesNeverSyncedFilesEvenInSyncedDirectories) {
+  std::string path = MakeFile("f", 100, /*sync=*/false);
+  ASSERT_TRUE(fs_->SyncDir(dir_.path()).ok());
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_FALSE(Exists(path));
+}
+
+TEST_F(FaultInjectionTest, CrashUndoesCreationWithoutDirectorySync) {
+  std::string path = dir_.Join("f");
+  auto file = fs_->Open(path, {.mode = File::Mode::kCreateNew});
+  ASSERT_TRUE(file.ok());
+  ASSERT_TRUE(fs_->WriteAt(*file, 0, RandomBytes(100, 1)).ok());
+  ASSERT_TRUE(fs_->Sync(*file).ok());  // data synced, name not
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_FALSE(Exists(path));
+}
+
+TEST_F(FaultInjectionTest, CrashUndoesAnUnsyncedRenameAndRestoresTheOldTarget) {
+  std::string target = MakeFile("target", 1000, /*sync=*/true, 1);
+  std::string tmp = MakeFile("tmp", 2000, /*sync=*/true, 2);
+  ASSERT_TRUE(fs_->Rename(tmp, target).ok());
+  EXPECT_EQ(ReadRawFile(target), RandomBytes(2000, 2));
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_EQ(ReadRawFile(target), RandomBytes(1000, 1));
+  EXPECT_EQ(ReadRawFile(tmp), RandomBytes(2000, 2));
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.Join(".backups")));
+}
+
+TEST_F(FaultInjectionTest, DirectorySyncMakesRenamesDurable) {
+  std::string target = MakeFile("target", 1000, /*sync=*/true, 1);
+  std::string tmp = MakeFile("tmp", 2000, /*sync=*/true, 2);
+  ASSERT_TRUE(fs_->Rename(tmp, target).ok());
+  ASSERT_TRUE(fs_->SyncDir(dir_.path()).ok());
+  EXPECT_TRUE(std::filesystem::is_empty(dir_.Join(".backups")));  // backup dropped
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_EQ(ReadRawFile(target), RandomBytes(2000, 2));
+  EXPECT_FALSE(Exists(tmp));
+}
+
+TEST_F(FaultInjectionTest, CrashUndoesRenameNoReplaceAndUnlink) {
+  std::string a = MakeFile("a", 100, /*sync=*/true, 1);
+  std::string gone = MakeFile("gone", 200, /*sync=*/true, 2);
+  std::string b = dir_.Join("b");
+  ASSERT_TRUE(fs_->RenameNoReplace(a, b).ok());
+  ASSERT_TRUE(fs_->Unlink(gone).ok());
+  EXPECT_FALSE(Exists(gone));
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_EQ(ReadRawFile(a), RandomBytes(100, 1));
+  EXPECT_FALSE(Exists(b));
+  EXPECT_EQ(ReadRawFile(gone), RandomBytes(200, 2));
+}
+
+TEST_F(FaultInjectionTest, CrossDirectoryRenameNeedsBothDirectoriesSynced) {
+  ASSERT_TRUE(fs_->CreateDirs(dir_.Join("out")).ok());
+  std::string src = MakeFile("src", 100, /*sync=*/true);
+  std::string dst = dir_.Join("out/dst");
+  ASSERT_TRUE(fs_->Rename(src, dst).ok());
+  ASSERT_TRUE(fs_->SyncDir(dir_.Join("out")).ok());
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_TRUE(Exists(src));
+  EXPECT_FALSE(Exists(dst));
+
+  ASSERT_TRUE(fs_->Rename(src, dst).ok());
+  ASSERT_TRUE(fs_->SyncDir(dir_.Join("out")).ok());
+  ASSERT_TRUE(fs_->SyncDir(dir_.path()).ok());
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_FALSE(Exists(src));
+  EXPECT_EQ(ReadRawFile(dst), RandomBytes(100, 1));
+}
+
+TEST_F(FaultInjectionTest, AtomicReplacePatternSurvivesACrashAtEveryStep) {
+  // The write-temp, fsync, rename, fsync-dir protocol: after a crash at any point the target
+  // holds either the whole old or the whole new content.
+  const std::vector<std::byte> old_data = RandomBytes(3000, 1), new_data = RandomBytes(5000, 2);
+  for (int crash_after = 0; crash_after <= 4; ++crash_after) {
+    std::string target = dir_.Join("target"), tmp = dir_.Join("target.tmp");
+    WriteRawFile(target, old_data);
+    int step = 0;
+    auto file = fs_->Open(tmp, {.mode = File::Mode::kTruncate});
+    ASSERT_TRUE(file.ok());
+    if (step++ < crash_after) {
+      ASSERT_TRUE(fs_->WriteAt(*file, 0, new_data).ok());
+    }
+    if (step++ < crash_after) {
+      ASSERT_TRUE(fs_->Sync(*file).ok());
+    }
+    if (step++ < crash_after) {
+      ASSERT_TRUE(fs_->Rename(tmp, target).ok());
+    }
+    if (step++ < crash_after) {
+      ASSERT_TRUE(fs_->SyncDir(dir_.path()).ok());
+    }
+    ASSERT_TRUE(fs_->Crash().ok());
+    std::vector<std::byte> got = ReadRawFile(target);
+    if (crash_after >= 4) {
+      EXPECT_EQ(got, new_data) << "crash after step " << crash_after;
+    } else {
+      EXPECT_EQ(got, old_data) << "crash after step " << crash_after;
+    }
+    EXPECT_FALSE(Exists(tmp) && crash_after >= 4);
+    std::filesystem::remove(tmp);
+  }
+}
+
+TEST_F(FaultInjectionTest, PreexistingFilesKeepTheirLengthAtFirstOpen) {
+  std::string path = dir_.Join("old");
+  WriteRawFile(path, RandomBytes(4000, 1));
+  auto file = fs_->Open(path, {.mode = File::Mode::kReadWrite});
+  ASSERT_TRUE(file.ok());
+  ASSERT_TRUE(fs_->WriteAt(*file, 4000, RandomBytes(500, 2)).ok());
+  ASSERT_TRUE(fs_->Crash().ok());
+  EXPECT_EQ(ReadRawFile(path), RandomBytes(4000, 1));
+}
+
+TEST_F(FaultInjectionTest, RemovesItsOwnBackupDirectory) {
+  std::string backups;
+  {
+    FaultInjectingFileSystem fs(base_.get());
+    std::string a = dir_.Join("a");
+    WriteRawFile(a, RandomBytes(10, 1));
+    struct stat st;
+    ASSERT_EQ(::stat(a.c_str(), &st), 0);
+    ASSERT_TRUE(fs.Unlink(a).ok());  // pending: its backup (a hard link) is kept
+    const char* root = std::getenv("GRANARY_TEST_TMPDIR");
+    for (const auto& e : std::filesystem::directory_iterator(root != nullptr ? root : "/tmp")) {
+      if (e.path().filename().string().rfind("granary-fault-", 0) != 0) continue;
+      for (const auto& f : std::filesystem::directory_iterator(e.path())) {
+        struct stat bst;
+        if (::stat(f.path().c_str(), &bst) == 0 && bst.st_ino == st.st_ino) {
+          backups = e.path().string();
+        }
+      }
+    }
+    EXPECT_FALSE(backups.empty());
+  }
+  EXPECT_FALSE(Exists(backups));
+}
+
+}  // namespace
+}  // namespace granary
