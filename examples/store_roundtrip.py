@@ -30,7 +30,8 @@ def step(title: str) -> None:
 
 
 def rate(nbytes: int, seconds: float) -> str:
-    return f"{nbytes / MiB:.1f} MiB in {seconds * 1e3:.1f} ms ({nbytes / 1e6 / max(seconds, 1e-9):.0f} MB/s)"
+    mb_per_s = nbytes / 1e6 / max(seconds, 1e-9)
+    return f"{nbytes / MiB:.1f} MiB in {seconds * 1e3:.1f} ms ({mb_per_s:.0f} MB/s)"
 
 
 def main() -> int:
@@ -71,7 +72,7 @@ def main() -> int:
             written += len(piece)
         assert not store.exists("demo/shard-000.bin"), "visible before commit"
     elapsed = time.perf_counter() - start
-    print(f"wrote {rate(total, elapsed)}, sha256 {sha.hexdigest()[:16]}...")
+    print(f"wrote {rate(total, elapsed)}, hashing included; sha256 {sha.hexdigest()[:16]}...")
 
     step("list: everything under demo/")
     for info in store.list("demo/"):

@@ -51,7 +51,8 @@ def store(store_url: str) -> Iterator[granary.Store]:
 @pytest.fixture(scope="session")
 def granary_cli() -> str:
     """Path of the `granary` executable: $GRANARY_CLI, else the one installed next to Python."""
-    path = pathlib.Path(os.environ.get("GRANARY_CLI") or pathlib.Path(sys.executable).parent / "granary")
+    installed = pathlib.Path(sys.executable).parent / "granary"
+    path = pathlib.Path(os.environ.get("GRANARY_CLI") or installed)
     if not path.exists():
         pytest.fail(f"granary CLI not installed at {path}; run `make install-py`")
     return str(path)

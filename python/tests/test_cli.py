@@ -26,7 +26,7 @@ def test_help_for_tool_and_every_command(granary_cli: str) -> None:
     assert top.returncode == 0
     for command in ["ls", "stat", "cat", "put", "rm", "doctor", "version"]:
         assert command.encode() in top.stdout
-    for command in ["ls", "stat", "cat", "put", "rm", "version"]:
+    for command in ["ls", "stat", "cat", "put", "rm", "doctor", "version"]:
         done = run(granary_cli, command, "--help")
         assert done.returncode == 0, command
         assert done.stdout.startswith(b"usage: granary " + command.encode()), command

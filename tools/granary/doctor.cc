@@ -162,7 +162,7 @@ Status CheckFreeSpace(const std::string& dir, uint64_t need_bytes, const std::st
   struct stat st;
   if (::stat(file.c_str(), &st) == 0) avail += static_cast<uint64_t>(st.st_size);  // replaced
   if (avail >= need_bytes) return Status::OK();
-  return ResourceExhaustedError("not enough free space in " + dir + ": the test file needs " +
+  return ResourceExhaustedError("not enough free space: the test file needs " +
                                 std::to_string(need_bytes >> 20) + " MiB, " +
                                 std::to_string(avail >> 20) +
                                 " MiB are available (try a smaller --size-mib)");
@@ -262,7 +262,7 @@ Result<DoctorArgs> ParseDoctorArgs(int argc, char** argv) {
           for (const Point& p : StandardPoints()) known = known || PointMatches(p.id, id);
           if (!known) {
             return InvalidArgumentError("--only: no point matches '" + id +
-                                        "' (see --list)");
+                                        "'; --list shows the points");
           }
           args.only.push_back(id);
         }
@@ -345,6 +345,11 @@ int RunDoctor(int argc, char** argv) {
       return Fail(options.dir, created.status(), 1);
     }
     Doctor& doctor = **created;
+    if (needs_disk && ::access(options.dir.c_str(), W_OK) != 0) {
+      const Status denied = ErrnoToStatus(errno, "cannot write to " + options.dir);
+      RemoveCreatedDirs(created_dirs);
+      return Fail(options.dir, denied, 1);
+    }
     if (needs_disk) {
       Status space = CheckFreeSpace(options.dir, doctor.file_bytes(), doctor.file_path());
       if (!space.ok()) {

@@ -18,8 +18,8 @@ namespace {
 
 constexpr size_t kKiB = size_t{1} << 10;
 constexpr size_t kMiB = size_t{1} << 20;
-// Every disk point's buffers come from one arena; 128 MiB holds 2 x QD blocks of the largest
-// point (4 MiB x 16) and enough 4 KiB slots that in-flight reads rarely share one.
+// Every disk point's buffers come from one arena: 128 MiB holds 2 x QD blocks of the largest
+// point (4 MiB x 16).
 constexpr size_t kArenaBytes = 128 * kMiB;
 // The file size is a multiple of the largest block so every point covers it exactly.
 constexpr uint64_t kFileGranule = 4 * kMiB;
@@ -77,6 +77,14 @@ Status DirectOpenContext(Status s, const std::string& path) {
                                 "not); choose a directory on a disk");
   }
   return s;
+}
+
+// Buffers a point cycles through: 2 x QD blocks, like fio's iodepth buffers. Requests are handed
+// slots round-robin, so two reads in flight rarely share one (and if they do, only the junk they
+// read mixes). A small, hot set matters on VMs: cycling reads through all 128 MiB of the arena
+// measured ~10-15% fewer IOPS at 16 KiB QD 32 here (host-side mapping costs).
+size_t BufferSlots(const Point& point) {
+  return std::min<size_t>(kArenaBytes / point.block_bytes, 2 * size_t{point.queue_depth});
 }
 
 Measurement BaseMeasurement(const Point& point, std::string_view engine) {
@@ -207,7 +215,7 @@ Status Doctor::EnsureLaidOut() {
 }
 
 Result<std::vector<Measurement>> Doctor::Run(const Point& point) {
-  if (Cancelled()) return CancelledError("doctor: interrupted");
+  if (Cancelled()) return CancelledError("interrupted");
   switch (point.kind) {
     case PointKind::kSeqWrite: return SeqWrite(point, /*report=*/true);
     case PointKind::kSeqRead: return SeqRead(point);
@@ -240,7 +248,7 @@ Result<std::vector<Measurement>> Doctor::SeqWrite(const Point& point, bool repor
   }
   GRANARY_ASSIGN_OR_RETURN(auto engine, MakeEngine(point.queue_depth, false));
 
-  const size_t slots = arena_.size() / point.block_bytes;
+  const size_t slots = BufferSlots(point);
   std::vector<IoRequest> requests(size / point.block_bytes);
   for (size_t i = 0; i < requests.size(); ++i) {
     IoRequest& r = requests[i];
@@ -280,7 +288,7 @@ Result<std::vector<Measurement>> Doctor::SeqRead(const Point& point) {
   GRANARY_ASSIGN_OR_RETURN(auto engine, MakeEngine(point.queue_depth, false));
 
   const uint64_t size = options_.file_bytes;
-  const size_t slots = arena_.size() / point.block_bytes;
+  const size_t slots = BufferSlots(point);
   std::vector<IoRequest> requests(size / point.block_bytes);
   for (size_t i = 0; i < requests.size(); ++i) {
     IoRequest& r = requests[i];
@@ -318,8 +326,7 @@ Result<std::vector<Measurement>> Doctor::RandRead(const Point& point) {
   GRANARY_ASSIGN_OR_RETURN(auto engine, MakeEngine(point.queue_depth, true));
 
   const uint64_t blocks = options_.file_bytes / point.block_bytes;
-  size_t slots = arena_.size() / point.block_bytes;
-  if (getenv("XSLOTS")) slots = std::min<size_t>(slots, atoi(getenv("XSLOTS")));  // XXX experiment
+  const size_t slots = BufferSlots(point);
   const uint64_t runtime_ns = static_cast<uint64_t>(options_.runtime_s * 1e9);
   Rng rng(0x5EEDull * point.block_bytes + point.queue_depth);
   size_t batch = std::max<size_t>(4 * point.queue_depth, 16);
@@ -347,7 +354,7 @@ Result<std::vector<Measurement>> Doctor::RandRead(const Point& point) {
     for (const IoRequest& r : requests) latencies.push_back(r.latency_ns);
     ops += requests.size();
     if (watch.ElapsedNanos() >= runtime_ns) break;
-    if (Cancelled()) return CancelledError("doctor: interrupted");
+    if (Cancelled()) return CancelledError("interrupted");
     if (batch_nanos < kTargetBatchNanos && batch < kMaxBatch) batch *= 2;
   }
   const double seconds = watch.ElapsedSeconds();
@@ -384,7 +391,7 @@ Result<std::vector<Measurement>> Doctor::Memcpy(const Point& point) {
   }
   std::vector<double> seconds;
   for (int i = 0; i < options_.memcpy_repeats; ++i) {
-    if (Cancelled()) return CancelledError("doctor: interrupted");
+    if (Cancelled()) return CancelledError("interrupted");
     void* target = dst.data();
     Stopwatch watch;
     if (point.kind == PointKind::kMemcpyFresh) {

@@ -39,7 +39,7 @@ constexpr Command kCommands[] = {
     {"cat", "write an object to stdout", RunCat},
     {"put", "store a file or stdin as an object", RunPut},
     {"rm", "delete objects", RunRm},
-    {"doctor", "check this machine's storage and I/O setup", RunDoctorCommand},
+    {"doctor", "measure what this machine's disk and memory can do", RunDoctorCommand},
     {"version", "print the version", RunVersion},
 };
 

@@ -8,6 +8,7 @@
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
+#include <future>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -75,6 +76,40 @@ Status WriteAll(int fd, const std::byte* data, size_t size, std::string_view wha
     }
     data += n;
     size -= static_cast<size_t>(n);
+  }
+  return Status::OK();
+}
+
+// Copies bytes [0, size_bytes) of `key` to `fd`. Two aligned, pre-faulted buffers (a local
+// store reads straight into them with O_DIRECT): the next chunk is read on a helper thread while
+// the current one is written, so a slow reader of the pipe and the storage overlap.
+Status StreamToFd(ObjectStore& store, const std::string& key, uint64_t size_bytes, int fd,
+                  std::string_view fd_name) {
+  AlignedBuffer buffers[2];
+  for (AlignedBuffer& b : buffers) {
+    Result<AlignedBuffer> allocated = AlignedBuffer::Allocate(kChunkBytes);
+    if (!allocated.ok()) return allocated.status();
+    b = std::move(allocated).value();
+  }
+  auto read_chunk = [&store, &key, &buffers](int index, uint64_t offset) {
+    return store.Get(key, offset, buffers[index].span());
+  };
+  std::future<Result<size_t>> pending;
+  if (size_bytes > 0) pending = std::async(std::launch::async, read_chunk, 0, uint64_t{0});
+  uint64_t offset = 0;
+  int current = 0;
+  while (pending.valid()) {
+    Result<size_t> n = pending.get();
+    if (!n.ok()) return n.status();
+    const bool last = *n < kChunkBytes || offset + *n >= size_bytes;
+    if (!last) pending = std::async(std::launch::async, read_chunk, 1 - current, offset + *n);
+    Status written = WriteAll(fd, buffers[current].data(), *n, fd_name);
+    if (!written.ok()) {
+      if (pending.valid()) pending.wait();  // the helper still uses the other buffer
+      return written;
+    }
+    offset += *n;
+    current = 1 - current;
   }
   return Status::OK();
 }
@@ -201,23 +236,12 @@ int RunCat(int argc, char** argv) {
 
   Result<std::unique_ptr<ObjectStore>> store = OpenExisting(url);
   if (!store.ok()) return Fail(Context("cat", url), store.status());
-  // Aligned and pre-faulted, so a local store can read straight into it with O_DIRECT.
-  Result<AlignedBuffer> buffer = AlignedBuffer::Allocate(kChunkBytes);
-  if (!buffer.ok()) return Fail(context, buffer.status());
   // Stat first so a missing key fails before anything is written, and so we know where the end
   // is (an object replaced meanwhile ends the stream at the first short read).
   Result<ObjectInfo> info = (*store)->Stat(key);
   if (!info.ok()) return Fail(context, info.status());
-  uint64_t offset = 0;
-  while (offset < info->size_bytes) {
-    Result<size_t> n = (*store)->Get(key, offset, buffer->span());
-    if (!n.ok()) return Fail(context, n.status());
-    if (*n == 0) break;
-    if (Status s = WriteAll(STDOUT_FILENO, buffer->data(), *n, "stdout"); !s.ok()) {
-      return Fail(context, s);
-    }
-    offset += *n;
-    if (*n < buffer->size()) break;
+  if (Status s = StreamToFd(**store, key, info->size_bytes, STDOUT_FILENO, "stdout"); !s.ok()) {
+    return Fail(context, s);
   }
   return kExitOk;
 }
