@@ -14,7 +14,10 @@ Each result is one JSON line:
 
 `value` and `ceiling` are medians over rounds. `ratio` is value / ceiling when higher is better
 (bandwidth, IOPS) and ceiling / value when lower is better (latency), so a ratio of 1.0 means
-"as good as the ceiling" and below 1.0 means worse, for every metric.
+"as good as the ceiling" and below 1.0 means worse, for every metric. `paired_ratio` is the
+median of the per-round ratios (each contender's run against the ceiling's run of the same
+round): on a shared, noisy machine it is the steadier of the two. `samples` lists the values of
+every round in order.
 
 Only the standard library and numpy are used.
 """
@@ -79,6 +82,18 @@ def ratio(value: float, ceiling: float | None, higher_is_better: bool) -> float 
     if ceiling is None or value <= 0 or ceiling <= 0:
         return None
     return value / ceiling if higher_is_better else ceiling / value
+
+
+def paired_ratio(values: Sequence[float], ceilings: Sequence[float],
+                 higher_is_better: bool) -> float | None:
+    """Median over rounds of the ratio within each round. The two runs of a round ran back to
+    back, so a burst of outside noise tends to hit both; this is steadier than the ratio of the
+    medians when the machine is shared."""
+    if len(values) != len(ceilings) or not values:
+        return None
+    per_round = [ratio(v, c, higher_is_better) for v, c in zip(values, ceilings)]
+    per_round = [q for q in per_round if q is not None]
+    return median(per_round) if per_round else None
 
 
 _cache_note_printed = False
@@ -160,8 +175,10 @@ class Harness:
             for metric in metrics:
                 ceil_value = None
                 ceil_what = None
+                ceil_values: list[float] = []
                 if ceiling is not None and samples[point][ceiling].get(metric):
-                    ceil_value = median([s.value for s in samples[point][ceiling][metric]])
+                    ceil_values = [s.value for s in samples[point][ceiling][metric]]
+                    ceil_value = median(ceil_values)
                     ceil_what = by_name[ceiling].description(point)
                 for c in contenders:
                     got = samples[point][c.name].get(metric)
@@ -179,10 +196,11 @@ class Harness:
                         "ceiling": None if ceil_value is None else round(ceil_value, 3),
                         "ceiling_what": ceil_what,
                         "ratio": _round(ratio(value, ceil_value, got[0].higher_is_better)),
+                        "paired_ratio": _round(paired_ratio(values, ceil_values,
+                                                            got[0].higher_is_better)),
                         "higher_is_better": got[0].higher_is_better,
                         "is_ceiling": c.name == ceiling,
-                        "min": round(min(values), 3),
-                        "max": round(max(values), 3),
+                        "samples": [round(v, 3) for v in values],
                     }
                     if c.cold:
                         result["cold"] = cold_ok[c.name]

@@ -207,8 +207,10 @@ class IoEngine {
   Result<size_t> ReadAt(const File& file, uint64_t offset, std::span<std::byte> dest,
                         size_t chunk_bytes = 4u << 20);
   // Writes all of `src` at `offset`, chunked and in flight like ReadAt. On an O_DIRECT file,
-  // offset must be aligned; an unaligned final tail is written through a bounce buffer padded
-  // to the alignment and the file is then truncated to offset + src.size().
+  // offset must be aligned (InvalidArgument otherwise); an unaligned final tail is written
+  // through a bounce buffer padded to the alignment (with the file's current bytes when the file
+  // extends past the tail, else zeros) and the file is then truncated to offset + src.size()
+  // if the padding grew it past that. Concurrent writes sharing a 4 KiB block race.
   Status WriteAt(const File& file, uint64_t offset, std::span<const std::byte> src,
                  size_t chunk_bytes = 4u << 20);
 };

@@ -2,8 +2,8 @@
 // and simulates power loss.
 //
 // Faults (each counted from the moment it is armed):
-//   FailNthWrite(n, err)    the n-th WriteAt from now (n = 1: the next) fails with `err` without
-//                           writing anything. One-shot.
+//   FailNthWrite(n, err)    the n-th WriteAt from now (n = 1: the next; n = 0 disarms) fails
+//                           with `err` without writing anything. One-shot.
 //   FailNthSync(n, err)     the n-th Sync or SyncDir from now fails with `err` without syncing
 //                           (and therefore without making anything durable). One-shot.
 //   SetDiskFullAfter(b)     a disk with `b` free bytes: writes consume the budget; the WriteAt

@@ -114,7 +114,8 @@ class PosixFileSystem final : public FileSystem {
       if (err == EEXIST) {
         struct stat st;
         if (::stat(prefix.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) continue;
-        return FailedPreconditionError("create directory " + prefix + ": exists and is not a directory");
+        return FailedPreconditionError("create directory " + prefix +
+                                       ": exists and is not a directory");
       }
       return ErrnoToStatus(err, "create directory " + prefix);
     }

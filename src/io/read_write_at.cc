@@ -105,7 +105,9 @@ Status PrepareTailBlock(IoEngine& engine, const File& file, uint64_t tail_lo, ui
   r.buffer = block;
   r.length = kAlign;
   GRANARY_RETURN_IF_ERROR(engine.Run({&r, 1}));
-  if (r.result < 0) return TransferError(r.result, "read (for a partial block write)", file, tail_lo);
+  if (r.result < 0) {
+    return TransferError(r.result, "read (for a partial block write)", file, tail_lo);
+  }
   return Status::OK();
 }
 

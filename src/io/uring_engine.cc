@@ -8,6 +8,7 @@
 // remainder and go out with the next round.
 #include <liburing.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -174,10 +175,13 @@ Status Ring::Run(std::span<IoRequest> requests, bool record_latency) {
       // whatever the kernel still completes before reporting.
       Status status = ErrnoToStatus(-rc, "io_uring_enter");
       while (in_flight > 0) {
-        io_uring_cqe* cqe = nullptr;
-        if (io_uring_wait_cqe(&ring_, &cqe) < 0) break;
-        io_uring_cqe_seen(&ring_, cqe);
-        --in_flight;
+        rc = io_uring_submit_and_wait(&ring_, 1);  // also flushes SQEs never submitted
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
+        unsigned head, seen = 0;
+        io_uring_cqe* cqe;
+        io_uring_for_each_cqe(&ring_, head, cqe) { ++seen; }
+        io_uring_cq_advance(&ring_, seen);
+        in_flight -= std::min<size_t>(seen, in_flight);
       }
       return status;
     }
