@@ -219,8 +219,8 @@ def emit(result: dict, out: TextIO = sys.stdout) -> None:
 
 def markdown_table(results: Iterable[dict], ceiling: str | None = None,
                    low_ratio: float = 0.9) -> str:
-    """One row per (bench, what): every contender's median, the ceiling last, and the ratio of
-    each non-ceiling contender. Ratios below `low_ratio` are bold."""
+    """One row per (bench, what): every contender's median, the ceiling last, then for each
+    non-ceiling contender its ratio and paired ratio. Ratios below `low_ratio` are bold."""
     results = list(results)
     rows: dict[tuple[str, str], dict[str, dict]] = {}
     contenders: list[str] = []
@@ -237,8 +237,11 @@ def markdown_table(results: Iterable[dict], ceiling: str | None = None,
         contenders.remove(ceiling)
         contenders.append(ceiling)
     others = [c for c in contenders if c != ceiling]
-    header = ["bench", "what", "unit"] + contenders + [
-        "ratio" if len(others) == 1 else f"ratio {c}" for c in others] + ["n"]
+    ratio_columns = []
+    for c in others:
+        suffix = "" if len(others) == 1 else f" {c}"
+        ratio_columns += [f"ratio{suffix}", f"paired ratio{suffix}"]
+    header = ["bench", "what", "unit"] + contenders + ratio_columns + ["n"]
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|"]
     for (bench, what), by_contender in rows.items():
@@ -249,11 +252,12 @@ def markdown_table(results: Iterable[dict], ceiling: str | None = None,
             cells.append(_fmt(r["value"]) if r else "")
         for c in others:
             r = by_contender.get(c)
-            q = r.get("ratio") if r else None
-            if q is None:
-                cells.append("")
-            else:
-                cells.append(f"**{q:.2f}**" if q < low_ratio else f"{q:.2f}")
+            for key in ("ratio", "paired_ratio"):
+                q = r.get(key) if r else None
+                if q is None:
+                    cells.append("")
+                else:
+                    cells.append(f"**{q:.2f}**" if q < low_ratio else f"{q:.2f}")
         cells.append(str(any_r["median_of"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -32,6 +32,9 @@ def test_interleaves_alternating_order_and_reports_medians_and_ratios():
     assert by["a"]["value"] == 90 and by["b"]["value"] == 100
     assert by["a"]["ratio"] == 0.9 and by["b"]["ratio"] == 1.0
     assert by["a"]["median_of"] == 5 and by["a"]["ceiling_what"] == "b at p"
+    # per round: 0.9, 0.8, 1.0, 0.85, 0.475 -> median 0.85
+    assert by["a"]["paired_ratio"] == 0.85
+    assert by["a"]["samples"] == [90, 80, 100, 85, 95]
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [line["contender"] for line in lines] == ["a", "b"]
     for key in ("bench", "what", "contender", "value", "unit", "median_of", "ceiling",
@@ -68,8 +71,8 @@ def test_markdown_table_puts_ceiling_last_and_marks_low_ratios():
     h = harness.Harness("t", rounds=5, out=io.StringIO(), log=io.StringIO())
     table = harness.markdown_table(h.run(["p"], [b, a], ceiling="b"))
     header, _, row = table.splitlines()
-    assert header.split("|")[4:6] == [" a ", " b "]
-    assert "**0.50**" in row
+    assert header.split("|")[4:8] == [" a ", " b ", " ratio ", " paired ratio "]
+    assert row.count("**0.50**") == 2
 
 
 def test_median_even_and_odd():

@@ -2,12 +2,11 @@
 #include "io/fault_injection.h"
 
 #include <fcntl.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <utility>
@@ -33,65 +32,46 @@ bool IsUnder(const std::string& path, const std::string& dir) {
          path[dir.size()] == '/';
 }
 
-// Copies the bytes of `from` into a new file `to` (for backups across file systems).
-Status CopyFileContents(const std::string& from, const std::string& to) {
-  int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
-  if (in < 0) return ErrnoToStatus(errno, "open " + from + " for a crash backup");
-  int out = ::open(to.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (out < 0) {
-    int err = errno;
-    ::close(in);
-    return ErrnoToStatus(err, "create crash backup " + to);
-  }
-  Status status;
-  char buf[1 << 16];
-  for (;;) {
-    ssize_t n = ::read(in, buf, sizeof(buf));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) status = ErrnoToStatus(errno, "read " + from + " for a crash backup");
-    if (n <= 0) break;
-    for (ssize_t done = 0; done < n;) {
-      ssize_t w = ::write(out, buf + done, static_cast<size_t>(n - done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w < 0) {
-        status = ErrnoToStatus(errno, "write crash backup " + to);
-        break;
-      }
-      done += w;
-    }
-    if (!status.ok()) break;
-  }
-  ::close(in);
-  ::close(out);
-  return status;
-}
-
-// Moves a backup back to `to` (rename; copy when they sit on different file systems).
-Status RestoreBackup(const std::string& backup, const std::string& to) {
-  if (::rename(backup.c_str(), to.c_str()) == 0) return Status::OK();
-  if (errno != EXDEV) return ErrnoToStatus(errno, "crash: restore " + to + " from " + backup);
-  GRANARY_RETURN_IF_ERROR(CopyFileContents(backup, to));
-  ::unlink(backup.c_str());
-  return Status::OK();
-}
-
 void KeepFirst(Status* first, Status s) {
   if (first->ok() && !s.ok()) *first = std::move(s);
+}
+
+// Flips every bit of byte `index` (or of the last byte) of the `returned` bytes at `data`.
+void FlipByte(void* data, size_t returned, uint64_t index) {
+  if (returned == 0) return;
+  static_cast<std::byte*>(data)[std::min<uint64_t>(index, returned - 1)] ^= std::byte{0xff};
 }
 
 }  // namespace
 
 FaultInjectingFileSystem::FaultInjectingFileSystem(FileSystem* base, std::string backup_dir)
-    : base_(base), backup_dir_(std::move(backup_dir)) {}
+    : base_(base), backups_(std::move(backup_dir)) {}
 
 FaultInjectingFileSystem::~FaultInjectingFileSystem() {
   for (const PendingOp& op : pending_) {
-    if (!op.backup.empty()) ::unlink(op.backup.c_str());
+    if (!op.backup.empty()) CrashBackups::Discard(op.backup);
   }
-  if (owns_backup_dir_) ::rmdir(backup_dir_.c_str());
 }
 
 // --- Faults ------------------------------------------------------------------------------------
+
+void FaultInjectingFileSystem::FailNthOpen(uint64_t n, int sys_errno) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_open_countdown_ = n;
+  fail_open_errno_ = sys_errno;
+}
+
+void FaultInjectingFileSystem::FailNthRead(uint64_t n, int sys_errno) {
+  std::lock_guard<std::mutex> lock(mu_);
+  fail_read_countdown_ = n;
+  fail_read_errno_ = sys_errno;
+}
+
+void FaultInjectingFileSystem::CorruptNthRead(uint64_t n, uint64_t byte_index) {
+  std::lock_guard<std::mutex> lock(mu_);
+  corrupt_read_countdown_ = n;
+  corrupt_read_index_ = byte_index;
+}
 
 void FaultInjectingFileSystem::FailNthWrite(uint64_t n, int sys_errno) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -123,10 +103,23 @@ void FaultInjectingFileSystem::ShortWrites(bool enable, int sys_errno) {
 
 void FaultInjectingFileSystem::ClearFaults() {
   std::lock_guard<std::mutex> lock(mu_);
+  fail_open_countdown_ = 0;
+  fail_read_countdown_ = 0;
+  corrupt_read_countdown_ = 0;
   fail_write_countdown_ = 0;
   fail_sync_countdown_ = 0;
   disk_free_bytes_.reset();
   short_writes_ = false;
+}
+
+uint64_t FaultInjectingFileSystem::opens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return opens_;
+}
+
+uint64_t FaultInjectingFileSystem::reads() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return reads_;
 }
 
 uint64_t FaultInjectingFileSystem::writes() const {
@@ -148,15 +141,47 @@ uint64_t FaultInjectingFileSystem::bytes_written() const {
 
 Result<File> FaultInjectingFileSystem::Open(std::string_view path,
                                             const File::OpenOptions& options) {
-  const bool writable = options.mode != File::Mode::kRead;
-  const bool creating = options.mode == File::Mode::kCreate ||
-                        options.mode == File::Mode::kTruncate ||
-                        options.mode == File::Mode::kCreateNew;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    GRANARY_RETURN_IF_ERROR(PlanOpen(path));
+  }
+  if (options.mode == File::Mode::kRead) return base_->Open(path, options);  // nothing to track
   std::lock_guard<std::mutex> lock(mu_);
   struct stat st;
   const bool existed = ::lstat(std::string(path).c_str(), &st) == 0;
   GRANARY_ASSIGN_OR_RETURN(File file, base_->Open(path, options));
-  if (!writable) return file;
+  GRANARY_RETURN_IF_ERROR(TrackOpened(path, existed, file, options));
+  return file;
+}
+
+Result<File> FaultInjectingFileSystem::OpenRoot(std::string_view path) {
+  return base_->OpenRoot(path);
+}
+
+Result<File> FaultInjectingFileSystem::OpenBeneath(const File& root, std::string_view relative,
+                                                   const File::OpenOptions& options) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::string path = root.path();
+    GRANARY_RETURN_IF_ERROR(PlanOpen(path.append("/").append(relative)));
+  }
+  if (options.mode == File::Mode::kRead) return base_->OpenBeneath(root, relative, options);
+  std::lock_guard<std::mutex> lock(mu_);
+  struct stat st;
+  const bool existed = ::fstatat(root.fd(), std::string(relative).c_str(), &st,
+                                 AT_SYMLINK_NOFOLLOW) == 0;
+  GRANARY_ASSIGN_OR_RETURN(File file, base_->OpenBeneath(root, relative, options));
+  GRANARY_RETURN_IF_ERROR(TrackOpened(file.path(), existed, file, options));
+  return file;
+}
+
+Status FaultInjectingFileSystem::TrackOpened(std::string_view path, bool existed,
+                                             const File& file,
+                                             const File::OpenOptions& options) {
+  const bool creating = options.mode == File::Mode::kCreate ||
+                        options.mode == File::Mode::kTruncate ||
+                        options.mode == File::Mode::kCreateNew;
+  struct stat st;
   if (::fstat(file.fd(), &st) != 0) return ErrnoToStatus(errno, "fstat " + file.path());
   const std::string p = Normalize(path);
   auto it = files_.find(p);
@@ -167,16 +192,80 @@ Result<File> FaultInjectingFileSystem::Open(std::string_view path,
     // First sight of a file that was already there: what it holds now counts as durable.
     files_[p] = FileState{st.st_dev, st.st_ino, /*synced=*/true, static_cast<uint64_t>(st.st_size)};
   }
-  return file;
+  return Status::OK();
+}
+
+Status FaultInjectingFileSystem::PlanOpen(std::string_view path) {
+  ++opens_;
+  if (fail_open_countdown_ > 0 && --fail_open_countdown_ == 0) {
+    return ErrnoToStatus(fail_open_errno_, "open " + std::string(path) + " (injected)");
+  }
+  return Status::OK();
+}
+
+FaultInjectingFileSystem::ReadPlan FaultInjectingFileSystem::PlanRead() {
+  ++reads_;
+  ReadPlan plan;
+  if (fail_read_countdown_ > 0 && --fail_read_countdown_ == 0) plan.fail_errno = fail_read_errno_;
+  if (corrupt_read_countdown_ > 0 && --corrupt_read_countdown_ == 0) {
+    plan.corrupt = true;
+    plan.corrupt_index = corrupt_read_index_;
+  }
+  return plan;
 }
 
 Result<size_t> FaultInjectingFileSystem::ReadAt(const File& file, uint64_t offset,
                                                 std::span<std::byte> dest) {
-  return base_->ReadAt(file, offset, dest);
+  ReadPlan plan;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    plan = PlanRead();
+  }
+  if (plan.fail_errno != 0) {
+    return ErrnoToStatus(plan.fail_errno, "read " + file.path() + " at offset " +
+                                              std::to_string(offset) + " (injected)");
+  }
+  GRANARY_ASSIGN_OR_RETURN(size_t n, base_->ReadAt(file, offset, dest));
+  if (plan.corrupt) FlipByte(dest.data(), n, plan.corrupt_index);
+  return n;
 }
 
 Status FaultInjectingFileSystem::ReadMany(std::span<IoRequest> requests) {
-  return base_->ReadMany(requests);
+  std::vector<ReadPlan> plans;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (fail_read_countdown_ == 0 && corrupt_read_countdown_ == 0) {
+      reads_ += requests.size();  // nothing armed: the common case costs no copies
+    } else {
+      plans.reserve(requests.size());
+      for (size_t i = 0; i < requests.size(); ++i) plans.push_back(PlanRead());
+    }
+  }
+  if (plans.empty()) return base_->ReadMany(requests);
+  // Pass only the requests that are not to fail, then copy their outcomes back.
+  std::vector<IoRequest> passed;
+  std::vector<size_t> index;
+  passed.reserve(requests.size());
+  index.reserve(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (plans[i].fail_errno != 0) {
+      requests[i].result = -plans[i].fail_errno;
+      requests[i].latency_ns = 0;
+    } else {
+      passed.push_back(requests[i]);
+      index.push_back(i);
+    }
+  }
+  if (!passed.empty()) GRANARY_RETURN_IF_ERROR(base_->ReadMany(passed));
+  for (size_t j = 0; j < passed.size(); ++j) {
+    IoRequest& request = requests[index[j]];
+    request.result = passed[j].result;
+    request.latency_ns = passed[j].latency_ns;
+    if (plans[index[j]].corrupt && request.result > 0) {
+      FlipByte(request.buffer, static_cast<size_t>(request.result), plans[index[j]].corrupt_index);
+    }
+  }
+  return Status::OK();
 }
 
 void FaultInjectingFileSystem::PlanWrite(size_t length, size_t* write_bytes, int* fail_errno) {
@@ -266,7 +355,7 @@ Status FaultInjectingFileSystem::SyncDir(std::string_view path) {
     if (!op.unsynced_dirs.empty()) {
       kept.push_back(std::move(op));
     } else if (!op.backup.empty()) {
-      ::unlink(op.backup.c_str());  // the replaced/unlinked file is gone for good
+      CrashBackups::Discard(op.backup);  // the replaced/unlinked file is gone for good
     }
   }
   pending_ = std::move(kept);
@@ -278,36 +367,6 @@ void FaultInjectingFileSystem::AddPending(PendingOp op) {
   pending_.push_back(std::move(op));
 }
 
-Status FaultInjectingFileSystem::EnsureBackupDir() {
-  if (!backup_dir_.empty()) {
-    if (::mkdir(backup_dir_.c_str(), 0700) != 0 && errno != EEXIST) {
-      return ErrnoToStatus(errno, "create crash backup directory " + backup_dir_);
-    }
-    return Status::OK();
-  }
-  const char* root = std::getenv("GRANARY_TEST_TMPDIR");
-  if (root == nullptr || *root == '\0') root = std::getenv("TMPDIR");
-  if (root == nullptr || *root == '\0') root = "/tmp";
-  std::error_code ec;
-  std::filesystem::create_directories(root, ec);
-  std::string templ = std::string(root) + "/granary-fault-XXXXXX";
-  if (::mkdtemp(templ.data()) == nullptr) {
-    return ErrnoToStatus(errno, "create crash backup directory under " + std::string(root));
-  }
-  backup_dir_ = templ;
-  owns_backup_dir_ = true;
-  return Status::OK();
-}
-
-Result<std::string> FaultInjectingFileSystem::BackUp(const std::string& path) {
-  GRANARY_RETURN_IF_ERROR(EnsureBackupDir());
-  std::string backup = backup_dir_ + "/" + std::to_string(next_backup_id_++);
-  if (::link(path.c_str(), backup.c_str()) == 0) return backup;
-  if (errno != EXDEV) return ErrnoToStatus(errno, "crash backup: link " + path + " to " + backup);
-  GRANARY_RETURN_IF_ERROR(CopyFileContents(path, backup));
-  return backup;
-}
-
 Status FaultInjectingFileSystem::DoRename(std::string_view from, std::string_view to,
                                           bool replace) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -316,11 +375,11 @@ Status FaultInjectingFileSystem::DoRename(std::string_view from, std::string_vie
   std::string backup;
   struct stat st;
   if (replace && ::lstat(t.c_str(), &st) == 0 && !S_ISDIR(st.st_mode) && f != t) {
-    GRANARY_ASSIGN_OR_RETURN(backup, BackUp(t));
+    GRANARY_ASSIGN_OR_RETURN(backup, backups_.Save(t));
   }
   Status s = replace ? base_->Rename(from, to) : base_->RenameNoReplace(from, to);
   if (!s.ok()) {
-    if (!backup.empty()) ::unlink(backup.c_str());
+    if (!backup.empty()) CrashBackups::Discard(backup);
     return s;
   }
   if (f == t) return Status::OK();
@@ -355,11 +414,11 @@ Status FaultInjectingFileSystem::Unlink(std::string_view path) {
   struct stat st;
   std::string backup;
   if (::lstat(p.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) {
-    GRANARY_ASSIGN_OR_RETURN(backup, BackUp(p));
+    GRANARY_ASSIGN_OR_RETURN(backup, backups_.Save(p));
   }
   Status s = base_->Unlink(path);
   if (!s.ok()) {
-    if (!backup.empty()) ::unlink(backup.c_str());
+    if (!backup.empty()) CrashBackups::Discard(backup);
     return s;
   }
   PendingOp op{PendingOp::Kind::kUnlink, "", p, backup, std::nullopt, {Parent(p)}};
@@ -418,7 +477,7 @@ Status FaultInjectingFileSystem::Crash() {
         break;  // the backup comes back below
     }
     if (!op->backup.empty()) {
-      Status restored = RestoreBackup(op->backup, op->to);
+      Status restored = CrashBackups::Restore(op->backup, op->to);
       KeepFirst(&first, restored);
       if (restored.ok() && op->backup_state.has_value()) {
         FileState state = *op->backup_state;

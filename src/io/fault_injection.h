@@ -1,7 +1,18 @@
-// FaultInjectingFileSystem: a FileSystem wrapper for tests that fails writes and syncs on demand
-// and simulates power loss.
+// FaultInjectingFileSystem: a FileSystem wrapper for tests that fails reads, writes and syncs on
+// demand, corrupts reads, and simulates power loss.
 //
-// Faults (each counted from the moment it is armed):
+// Faults (each counted from the moment it is armed). A "read" is one ReadAt call or one request
+// of a ReadMany batch (however the engine splits it):
+//   FailNthOpen(n, err)     the n-th Open or OpenBeneath from now fails with `err` without
+//                           opening (or creating) anything. One-shot.
+//   FailNthRead(n, err)     the n-th read from now (n = 1: the next; n = 0 disarms) fails with
+//                           `err` without reading anything: ReadAt returns the error, a ReadMany
+//                           request gets result -err while the rest of its batch proceeds.
+//                           One-shot.
+//   CorruptNthRead(n, i)    the n-th read from now succeeds but byte `i` of the data it returned
+//                           (the last byte if it returned fewer) has every bit flipped, as from a
+//                           device returning bad data. A read that returns no bytes (or fails)
+//                           uses the fault up without flipping anything. One-shot.
 //   FailNthWrite(n, err)    the n-th WriteAt from now (n = 1: the next; n = 0 disarms) fails
 //                           with `err` without writing anything. One-shot.
 //   FailNthSync(n, err)     the n-th Sync or SyncDir from now fails with `err` without syncing
@@ -14,6 +25,7 @@
 //                           and then fails with `err`: callers see a partially written file and an
 //                           error, as when a real device fails part-way. Persistent.
 // Failed calls return ErrnoToStatus(err, ...) whose message names the path and says "injected".
+// OpenRoot and OpenBeneath are passed through; OpenBeneath for writing is tracked like Open.
 //
 // Crash model (Crash() simulates power loss; nothing else is undone by it):
 //   Data. A file's durable length is its length at its last successful Sync through this
@@ -23,12 +35,12 @@
 //   Crash() truncates a file longer than its durable length back to it; bytes overwritten
 //   inside the durable length are not restored, and a file truncated below its durable length
 //   stays short.
-//   Names. Each file creation (Open that created the file), Rename, RenameNoReplace and Unlink
-//   done through this wrapper is pending until SyncDir succeeds on the parent directory of every
-//   name it touched (both parents for a cross-directory rename). Crash() undoes pending
-//   operations newest first: a created file is removed, a renamed file moves back, a target a
-//   Rename replaced comes back (its inode is kept alive by a hard link in a private backup
-//   directory until the rename is durable), and an unlinked file comes back.
+//   Names. Each file creation (Open or OpenBeneath that created the file), Rename,
+//   RenameNoReplace and Unlink done through this wrapper is pending until SyncDir succeeds on
+//   the parent directory of every name it touched (both parents for a cross-directory rename).
+//   Crash() undoes pending operations newest first: a created file is removed, a renamed file
+//   moves back, a target a Rename replaced comes back (its inode is kept alive by a hard link in
+//   a private backup directory until the rename is durable), and an unlinked file comes back.
 //   Not modeled: directory creation and removal (CreateDirs/RemoveDir are immediately durable),
 //   metadata such as mtimes, and operations done on the wrapped file system directly.
 //   After Crash(), File handles opened before it must not be used; reopen the files. Faults and
@@ -55,6 +67,7 @@
 #include <string>
 #include <vector>
 
+#include "io/crash_backups.h"
 #include "io/file_system.h"
 
 namespace granary {
@@ -71,12 +84,15 @@ class FaultInjectingFileSystem final : public FileSystem {
   FaultInjectingFileSystem& operator=(const FaultInjectingFileSystem&) = delete;
 
   // --- Faults -------------------------------------------------------------------------------
+  void FailNthOpen(uint64_t n, int sys_errno);
+  void FailNthRead(uint64_t n, int sys_errno);
+  void CorruptNthRead(uint64_t n, uint64_t byte_index = 0);
   void FailNthWrite(uint64_t n, int sys_errno);
   void FailNthSync(uint64_t n, int sys_errno);
   void SetDiskFullAfter(uint64_t free_bytes);
   void ClearDiskFull();
   void ShortWrites(bool enable, int sys_errno = EIO);
-  // Disarms every fault (armed Nth failures, disk-full, short writes).
+  // Disarms every fault (armed Nth failures and corruption, disk-full, short writes).
   void ClearFaults();
 
   // Power loss, as described above. Returns the first error met while rolling back (the
@@ -84,12 +100,17 @@ class FaultInjectingFileSystem final : public FileSystem {
   Status Crash();
 
   // --- Counters (every call, failed or not, since construction) -------------------------------
+  uint64_t opens() const;          // Open + OpenBeneath calls
+  uint64_t reads() const;          // ReadAt calls + ReadMany requests
   uint64_t writes() const;         // WriteAt calls
   uint64_t syncs() const;          // Sync + SyncDir calls
   uint64_t bytes_written() const;  // bytes actually passed to the wrapped WriteAt
 
   // --- FileSystem ---------------------------------------------------------------------------
   Result<File> Open(std::string_view path, const File::OpenOptions& options) override;
+  Result<File> OpenRoot(std::string_view path) override;
+  Result<File> OpenBeneath(const File& root, std::string_view relative,
+                           const File::OpenOptions& options) override;
   Result<size_t> ReadAt(const File& file, uint64_t offset, std::span<std::byte> dest) override;
   Status ReadMany(std::span<IoRequest> requests) override;
   Status WriteAt(const File& file, uint64_t offset, std::span<const std::byte> src) override;
@@ -123,22 +144,36 @@ class FaultInjectingFileSystem final : public FileSystem {
     uint64_t seq = 0;                       // order of the operation
   };
 
+  // The fate of one read.
+  struct ReadPlan {
+    int fail_errno = 0;       // fail with this without reading (0: do not fail)
+    bool corrupt = false;     // flip a byte of what the read returns
+    uint64_t corrupt_index = 0;
+  };
+  ReadPlan PlanRead();  // REQUIRES(mu_)
+  // Counts an Open or OpenBeneath of `path`; the injected error if it is to fail. REQUIRES(mu_)
+  Status PlanOpen(std::string_view path);
+  // Records a file just opened for writing at `path` (which existed before iff `existed`) for
+  // the crash model. REQUIRES(mu_)
+  Status TrackOpened(std::string_view path, bool existed, const File& file,
+                     const File::OpenOptions& options);
   // Decides the fate of one WriteAt of `length` bytes: how many to write and which errno to
   // fail with afterwards (0: none).
   void PlanWrite(size_t length, size_t* write_bytes, int* fail_errno);
-  // Hard-links (or copies) `path` into the backup directory; returns the backup's path.
-  Result<std::string> BackUp(const std::string& path);
-  Status EnsureBackupDir();
   void AddPending(PendingOp op);  // REQUIRES(mu_)
   // Shared by Rename and RenameNoReplace.
   Status DoRename(std::string_view from, std::string_view to, bool replace);
 
   FileSystem* const base_;
-  std::string backup_dir_;
-  bool owns_backup_dir_ = false;
 
   mutable std::mutex mu_;
   // Faults. GUARDED_BY(mu_)
+  uint64_t fail_open_countdown_ = 0;  // 0: disarmed
+  int fail_open_errno_ = 0;
+  uint64_t fail_read_countdown_ = 0;
+  int fail_read_errno_ = 0;
+  uint64_t corrupt_read_countdown_ = 0;
+  uint64_t corrupt_read_index_ = 0;
   uint64_t fail_write_countdown_ = 0;  // 0: disarmed
   int fail_write_errno_ = 0;
   uint64_t fail_sync_countdown_ = 0;
@@ -147,13 +182,15 @@ class FaultInjectingFileSystem final : public FileSystem {
   bool short_writes_ = false;
   int short_write_errno_ = 0;
   // Counters. GUARDED_BY(mu_)
+  uint64_t opens_ = 0;
+  uint64_t reads_ = 0;
   uint64_t writes_ = 0;
   uint64_t syncs_ = 0;
   uint64_t bytes_written_ = 0;
   // Crash bookkeeping. GUARDED_BY(mu_)
   std::map<std::string, FileState> files_;  // by current (normalized) path
   std::vector<PendingOp> pending_;          // oldest first
-  uint64_t next_backup_id_ = 0;
+  CrashBackups backups_;
   uint64_t next_seq_ = 0;
 };
 

@@ -1,7 +1,9 @@
 #include "io/fault_injection.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
@@ -77,6 +79,117 @@ TEST_F(FaultInjectionTest, FailsTheNthSyncCountingDirectorySyncs) {
   fs_->FailNthSync(1, ENOSPC);
   EXPECT_EQ(fs_->SyncDir(dir_.path()).code(), StatusCode::kResourceExhausted);
   EXPECT_EQ(fs_->syncs(), 4u);
+}
+
+TEST_F(FaultInjectionTest, FailsTheNthReadCountingEachReadManyRequest) {
+  std::string path = MakeFile("f", 10000, /*sync=*/true);
+  auto file = fs_->Open(path, {});
+  ASSERT_TRUE(file.ok());
+  const std::vector<std::byte> data = RandomBytes(10000, 1);
+  std::vector<std::byte> out(3000);
+  fs_->FailNthRead(2, EIO);
+  auto n = fs_->ReadAt(*file, 0, out);  // read 1
+  ASSERT_TRUE(n.ok());
+  // Reads 2..4: the first request of the batch fails alone, the others complete.
+  std::vector<std::byte> a(1000, std::byte{0x5a}), b(1000), c(1000);
+  std::vector<IoRequest> requests = {
+      {.fd = file->fd(), .offset = 0, .buffer = a.data(), .length = 1000},
+      {.fd = file->fd(), .offset = 1000, .buffer = b.data(), .length = 1000},
+      {.fd = file->fd(), .offset = 9500, .buffer = c.data(), .length = 1000}};
+  ASSERT_TRUE(fs_->ReadMany(requests).ok());
+  EXPECT_EQ(requests[0].result, -EIO);
+  EXPECT_EQ(a, std::vector<std::byte>(1000, std::byte{0x5a}));  // nothing was read
+  EXPECT_EQ(requests[1].result, 1000);
+  EXPECT_TRUE(std::equal(b.begin(), b.end(), data.begin() + 1000));
+  EXPECT_EQ(requests[2].result, 500);
+  EXPECT_TRUE(std::equal(c.begin(), c.begin() + 500, data.begin() + 9500));
+  EXPECT_TRUE(fs_->ReadAt(*file, 0, out).ok());  // one-shot
+
+  fs_->FailNthRead(1, EIO);
+  std::fill(out.begin(), out.end(), std::byte{0});
+  n = fs_->ReadAt(*file, 4096, out);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.status().code(), StatusCode::kInternal);
+  EXPECT_EQ(n.status().sys_errno(), EIO);
+  EXPECT_NE(n.status().message().find(path), std::string::npos) << n.status().ToString();
+  EXPECT_NE(n.status().message().find("injected"), std::string::npos) << n.status().ToString();
+  EXPECT_EQ(out, std::vector<std::byte>(3000));
+  EXPECT_EQ(fs_->reads(), 6u);
+
+  fs_->FailNthRead(1, EIO);
+  fs_->ClearFaults();
+  EXPECT_TRUE(fs_->ReadAt(*file, 0, out).ok());
+}
+
+TEST_F(FaultInjectionTest, CorruptsOneByteOfTheNthRead) {
+  std::string path = MakeFile("f", 10000, /*sync=*/true);
+  auto file = fs_->Open(path, {});
+  ASSERT_TRUE(file.ok());
+  const std::vector<std::byte> data = RandomBytes(10000, 1);
+  std::vector<std::byte> out(100);
+  fs_->CorruptNthRead(1, 5);
+  auto n = fs_->ReadAt(*file, 200, out);
+  ASSERT_TRUE(n.ok());
+  ASSERT_EQ(*n, 100u);
+  for (size_t i = 0; i < out.size(); ++i) {
+    EXPECT_EQ(out[i], i == 5 ? ~data[200 + i] : data[200 + i]) << i;
+  }
+  ASSERT_TRUE(fs_->ReadAt(*file, 200, out).ok());  // one-shot
+  EXPECT_TRUE(std::equal(out.begin(), out.end(), data.begin() + 200));
+
+  // In a batch: the second request; an index past what the read returned hits its last byte.
+  fs_->CorruptNthRead(2, 1u << 20);
+  std::vector<std::byte> a(1000), b(1000);
+  std::vector<IoRequest> requests = {
+      {.fd = file->fd(), .offset = 0, .buffer = a.data(), .length = 1000},
+      {.fd = file->fd(), .offset = 9700, .buffer = b.data(), .length = 1000}};
+  ASSERT_TRUE(fs_->ReadMany(requests).ok());
+  ASSERT_EQ(requests[0].result, 1000);
+  ASSERT_EQ(requests[1].result, 300);
+  EXPECT_TRUE(std::equal(a.begin(), a.end(), data.begin()));
+  EXPECT_TRUE(std::equal(b.begin(), b.begin() + 299, data.begin() + 9700));
+  EXPECT_EQ(b[299], ~data[9999]);
+  EXPECT_EQ(b[300], std::byte{0});  // nothing past the end of the read
+}
+
+TEST_F(FaultInjectionTest, FailsTheNthOpenCountingOpenBeneath) {
+  std::string path = MakeFile("f", 10, /*sync=*/true);
+  auto root = fs_->OpenRoot(dir_.path());
+  ASSERT_TRUE(root.ok());
+  const uint64_t before = fs_->opens();
+  fs_->FailNthOpen(2, EMFILE);
+  EXPECT_TRUE(fs_->Open(path, {}).ok());
+  Status s = fs_->OpenBeneath(*root, "f", {}).status();
+  EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s.ToString();
+  EXPECT_EQ(s.sys_errno(), EMFILE);
+  EXPECT_NE(s.message().find(path), std::string::npos) << s.ToString();
+  EXPECT_TRUE(fs_->OpenBeneath(*root, "f", {}).ok());  // one-shot
+  fs_->FailNthOpen(1, EACCES);
+  EXPECT_EQ(fs_->Open(dir_.Join("g"), {.mode = File::Mode::kCreateNew}).status().sys_errno(),
+            EACCES);
+  EXPECT_FALSE(Exists(dir_.Join("g")));  // nothing was created
+  EXPECT_EQ(fs_->opens() - before, 4u);
+}
+
+TEST_F(FaultInjectionTest, OpenBeneathIsForwardedAndTrackedForCrashes) {
+  ASSERT_TRUE(fs_->CreateDirs(dir_.Join("root/sub")).ok());
+  ASSERT_EQ(::symlink("../..", dir_.Join("root/sub/up").c_str()), 0);
+  auto root = fs_->OpenRoot(dir_.Join("root"));
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  EXPECT_EQ(fs_->OpenBeneath(*root, "sub/up/x", {.mode = File::Mode::kCreate}).status().code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_FALSE(Exists(dir_.Join("x")));
+  auto file = fs_->OpenBeneath(*root, "sub/new", {.mode = File::Mode::kCreateNew});
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  EXPECT_EQ(file->path(), dir_.Join("root/sub/new"));
+  ASSERT_TRUE(fs_->WriteAt(*file, 0, RandomBytes(100, 1)).ok());
+  auto reader = fs_->OpenBeneath(*root, "sub/new", {});
+  ASSERT_TRUE(reader.ok());
+  fs_->FailNthRead(1, EIO);
+  std::vector<std::byte> out(100);
+  EXPECT_EQ(fs_->ReadAt(*reader, 0, out).status().sys_errno(), EIO);
+  ASSERT_TRUE(fs_->Crash().ok());  // never synced: the creation is undone
+  EXPECT_FALSE(Exists(dir_.Join("root/sub/new")));
 }
 
 TEST_F(FaultInjectionTest, DiskFullWritesWhatFitsThenFails) {

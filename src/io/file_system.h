@@ -3,8 +3,9 @@
 //
 //   PosixFileSystem()        the real thing; large transfers go through an IoEngine.
 //   FaultInjectingFileSystem (fault_injection.h) wraps another FileSystem and can fail the Nth
-//                            write or fsync with a chosen errno, make writes short, and simulate
-//                            a crash that drops everything not yet made durable.
+//                            read, write or fsync with a chosen errno, corrupt the Nth read, make
+//                            writes short, and simulate a crash that drops everything not yet
+//                            made durable.
 //
 // Thread-safe: every method may be called concurrently.
 #ifndef GRANARY_IO_FILE_SYSTEM_H_
@@ -38,6 +39,25 @@ class FileSystem {
   static FileSystem& Default();
 
   virtual Result<File> Open(std::string_view path, const File::OpenOptions& options) = 0;
+
+  // Opens the directory `path` as a root for OpenBeneath: an O_PATH descriptor (no read
+  // access is needed or checked), whose File::path() is `path`. Symlinks in `path` itself are
+  // followed. NotFound if absent, FailedPrecondition if not a directory (sys_errno ENOTDIR).
+  virtual Result<File> OpenRoot(std::string_view path) = 0;
+  // Opens the regular file `relative` beneath `root` (a File from OpenRoot) so that resolving
+  // it can never leave the root, even while other processes change the tree: a ".." climbing
+  // above the root, an absolute symlink, a relative symlink leading outside, or a magic link
+  // (/proc/<pid>/fd/...) anywhere on the way is PermissionDenied (sys_errno EXDEV or ELOOP; a
+  // symlink loop is too). Symlinks that stay inside the root are followed. Where openat2(2) is
+  // unavailable (Linux < 5.6) resolution walks one component at a time and is stricter: every
+  // symlink and every ".." is refused. Opening never blocks on a FIFO. A directory is
+  // FailedPrecondition with sys_errno EISDIR, any other non-regular file FailedPrecondition with
+  // sys_errno 0. Other errors are as Open's (NotFound; O_DIRECT where the file system lacks it:
+  // InvalidArgument with sys_errno EINVAL). An empty or absolute `relative` is InvalidArgument.
+  // The File's path() is root.path() + "/" + relative, and messages name it. The root is not
+  // resolved again (one openat2 per call), so callers keep it open for all their opens.
+  virtual Result<File> OpenBeneath(const File& root, std::string_view relative,
+                                   const File::OpenOptions& options) = 0;
 
   // Reads up to dest.size() bytes at `offset`; returns bytes read (short only at EOF). Any
   // offset/length/alignment works, also on O_DIRECT files.

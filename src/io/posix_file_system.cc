@@ -10,6 +10,7 @@
 #include <string>
 
 #include "io/file_system.h"
+#include "io/open_beneath.h"
 
 #ifndef RENAME_NOREPLACE
 #define RENAME_NOREPLACE (1 << 0)
@@ -40,6 +41,13 @@ class PosixFileSystem final : public FileSystem {
 
   Result<File> Open(std::string_view path, const File::OpenOptions& options) override {
     return File::Open(path, options);
+  }
+
+  Result<File> OpenRoot(std::string_view path) override { return OpenRootDirectory(path); }
+
+  Result<File> OpenBeneath(const File& root, std::string_view relative,
+                           const File::OpenOptions& options) override {
+    return OpenFileBeneath(root, relative, options);
   }
 
   Result<size_t> ReadAt(const File& file, uint64_t offset, std::span<std::byte> dest) override {

@@ -1,11 +1,15 @@
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 #include "gtest/gtest.h"
 #include "io/file_system.h"
 #include "io/io_test_util.h"
+#include "io/open_beneath.h"
 
 namespace granary {
 namespace {
@@ -132,6 +136,194 @@ TEST_F(PosixFileSystemTest, ListDirDoesNotFollowSymlinks) {
   EXPECT_TRUE((*entries)[3].is_directory);
   EXPECT_EQ(fs_->ListDir(dir_.Join("missing")).status().code(), StatusCode::kNotFound);
   EXPECT_TRUE(fs_->Stat(dir_.Join("dangling")).ok());  // lstat
+}
+
+// OpenBeneath, once through the FileSystem (openat2 on this kernel) and once through the
+// component walk used where openat2 is missing.
+class OpenBeneathTest : public PosixFileSystemTest,
+                        public ::testing::WithParamInterface<BeneathResolution> {
+ protected:
+  void SetUp() override {
+    PosixFileSystemTest::SetUp();
+    // <dir>/root/a/b/c is the file inside; <dir>/outside and <dir>/outdir/f are outside.
+    root_path_ = dir_.Join("root");
+    ASSERT_TRUE(fs_->CreateDirs(root_path_ + "/a/b").ok());
+    WriteRawFile(root_path_ + "/a/b/c", RandomBytes(5000, 1));
+    WriteRawFile(dir_.Join("outside"), RandomBytes(10, 2));
+    ASSERT_TRUE(fs_->CreateDirs(dir_.Join("outdir")).ok());
+    WriteRawFile(dir_.Join("outdir/f"), RandomBytes(10, 3));
+    auto root = fs_->OpenRoot(root_path_);
+    ASSERT_TRUE(root.ok()) << root.status().ToString();
+    root_ = std::move(root).value();
+  }
+
+  bool walk() const { return GetParam() == BeneathResolution::kWalk; }
+
+  Result<File> Open(std::string_view relative, const File::OpenOptions& options = {}) {
+    if (walk()) return OpenFileBeneath(root_, relative, options, BeneathResolution::kWalk);
+    return fs_->OpenBeneath(root_, relative, options);
+  }
+
+  // `relative` is refused as leaving the root (or passing a refused link), naming the path.
+  void ExpectRefused(std::string_view relative, const File::OpenOptions& options = {}) {
+    Result<File> file = Open(relative, options);
+    ASSERT_FALSE(file.ok()) << relative;
+    EXPECT_EQ(file.status().code(), StatusCode::kPermissionDenied)
+        << relative << ": " << file.status().ToString();
+    EXPECT_TRUE(file.status().sys_errno() == EXDEV || file.status().sys_errno() == ELOOP)
+        << file.status().ToString();
+    EXPECT_NE(file.status().message().find(root_path_ + "/" + std::string(relative)),
+              std::string::npos)
+        << file.status().ToString();
+  }
+
+  void Symlink(const std::string& target, const std::string& name) {
+    ASSERT_EQ(::symlink(target.c_str(), (root_path_ + "/" + name).c_str()), 0) << name;
+  }
+
+  std::string root_path_;
+  File root_;
+};
+
+TEST_P(OpenBeneathTest, OpensANestedPath) {
+  for (std::string_view relative : {"a/b/c", "./a//b/c"}) {
+    auto file = Open(relative);
+    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    EXPECT_EQ(file->path(), root_path_ + "/" + std::string(relative));
+    std::vector<std::byte> out(6000);
+    auto n = fs_->ReadAt(*file, 0, out);
+    ASSERT_TRUE(n.ok());
+    ASSERT_EQ(*n, 5000u);
+    out.resize(5000);
+    EXPECT_EQ(out, RandomBytes(5000, 1));
+    EXPECT_EQ(::fcntl(file->fd(), F_GETFL) & O_NONBLOCK, 0);  // cleared after the open
+  }
+  auto direct = Open("a/b/c", {.direct = true});
+  if (direct.ok()) {
+    EXPECT_NE(::fcntl(direct->fd(), F_GETFL) & O_DIRECT, 0);
+    std::vector<std::byte> out(100);
+    auto n = fs_->ReadAt(*direct, 10, out);
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    EXPECT_EQ(*n, 100u);
+  } else {  // a file system without O_DIRECT
+    EXPECT_EQ(direct.status().sys_errno(), EINVAL) << direct.status().ToString();
+  }
+}
+
+TEST_P(OpenBeneathTest, RefusesDotDotThatLeavesTheRoot) {
+  ExpectRefused("../outside");
+  ExpectRefused("a/../../outside");
+  ExpectRefused("a/b/../../../outdir/f");
+  // ".." that stays inside works with openat2; the walk refuses every "..".
+  if (walk()) {
+    ExpectRefused("a/../a/b/c");
+  } else {
+    EXPECT_TRUE(Open("a/../a/b/c").ok());
+  }
+}
+
+TEST_P(OpenBeneathTest, RefusesSymlinksThatLeaveTheRoot) {
+  Symlink("../outside", "rel-link");
+  Symlink("../../outdir", "a/dir-link");
+  Symlink("../../../outside", "a/b/deep-link");
+  ExpectRefused("rel-link");
+  ExpectRefused("a/dir-link/f");
+  ExpectRefused("a/b/deep-link");
+  // Creating through an escaping directory link is refused too, and creates nothing outside.
+  ExpectRefused("a/dir-link/new", {.mode = File::Mode::kCreateNew});
+  EXPECT_FALSE(Exists(dir_.Join("outdir/new")));
+}
+
+TEST_P(OpenBeneathTest, RefusesAbsoluteSymlinksEvenIntoTheRoot) {
+  Symlink(dir_.Join("outside"), "abs-out");
+  Symlink(root_path_ + "/a/b/c", "abs-in");  // points inside, but absolute
+  Symlink(root_path_ + "/a", "abs-dir");
+  ExpectRefused("abs-out");
+  ExpectRefused("abs-in");
+  ExpectRefused("abs-dir/b/c");
+}
+
+TEST_P(OpenBeneathTest, RefusesMagicLinks) {
+  // /proc/self as the root: its fd/<n>, exe and root entries are magic links inside it.
+  auto proc = fs_->OpenRoot("/proc/self");
+  ASSERT_TRUE(proc.ok()) << proc.status().ToString();
+  auto outside = File::Open(dir_.Join("outside"), {});
+  ASSERT_TRUE(outside.ok());
+  // fd/<n> and exe end in a magic link; root/ passes through one.
+  const std::string fd_link = "fd/" + std::to_string(outside->fd());
+  for (const std::string& relative : {fd_link, std::string("exe"), std::string("root/etc/passwd")}) {
+    Result<File> file =
+        walk() ? OpenFileBeneath(*proc, relative, {}, BeneathResolution::kWalk)
+               : fs_->OpenBeneath(*proc, relative, {});
+    ASSERT_FALSE(file.ok()) << relative;
+    EXPECT_EQ(file.status().code(), StatusCode::kPermissionDenied)
+        << relative << ": " << file.status().ToString();
+  }
+}
+
+TEST_P(OpenBeneathTest, SymlinkInsideTheRootIsFollowedOnlyWithOpenat2) {
+  Symlink("a/b/c", "inner");
+  Symlink("b", "a/inner-dir");
+  for (std::string_view relative : {"inner", "a/inner-dir/c"}) {
+    if (walk()) {
+      ExpectRefused(relative);
+    } else {
+      auto file = Open(relative);
+      ASSERT_TRUE(file.ok()) << file.status().ToString();
+      EXPECT_EQ(*file->Size(), 5000u);
+    }
+  }
+  Symlink("loop", "loop");
+  ExpectRefused("loop");
+}
+
+TEST_P(OpenBeneathTest, MissingDirectoriesAndSpecialFiles) {
+  EXPECT_EQ(Open("a/missing").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Open("a/b/c/under-a-file").status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(Open("a/b/c/").status().code(), StatusCode::kNotFound);
+  Status dir = Open("a/b").status();
+  EXPECT_EQ(dir.code(), StatusCode::kFailedPrecondition) << dir.ToString();
+  EXPECT_EQ(dir.sys_errno(), EISDIR);
+  EXPECT_NE(dir.message().find(root_path_ + "/a/b"), std::string::npos) << dir.ToString();
+  EXPECT_EQ(Open("a/b", {.mode = File::Mode::kReadWrite}).status().sys_errno(), EISDIR);
+  ASSERT_EQ(::mkfifo((root_path_ + "/fifo").c_str(), 0644), 0);
+  Status fifo = Open("fifo").status();  // must not block waiting for a writer
+  EXPECT_EQ(fifo.code(), StatusCode::kFailedPrecondition) << fifo.ToString();
+  EXPECT_EQ(fifo.sys_errno(), 0);
+  EXPECT_EQ(Open("").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Open(root_path_ + "/a/b/c").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_P(OpenBeneathTest, CreatesFilesBeneathTheRoot) {
+  auto file = Open("a/new", {.mode = File::Mode::kCreateNew, .permissions = 0600});
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  ASSERT_TRUE(fs_->WriteAt(*file, 0, RandomBytes(100, 4)).ok());
+  EXPECT_EQ(ReadRawFile(root_path_ + "/a/new"), RandomBytes(100, 4));
+  struct stat st;
+  ASSERT_EQ(::stat((root_path_ + "/a/new").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(Open("a/new", {.mode = File::Mode::kCreateNew}).status().code(),
+            StatusCode::kAlreadyExists);
+}
+
+INSTANTIATE_TEST_SUITE_P(Resolutions, OpenBeneathTest,
+                         ::testing::Values(BeneathResolution::kAuto, BeneathResolution::kWalk),
+                         [](const auto& info) {
+                           return info.param == BeneathResolution::kAuto ? "Auto" : "Walk";
+                         });
+
+TEST_F(PosixFileSystemTest, OpenRootNeedsAnExistingDirectory) {
+  EXPECT_EQ(fs_->OpenRoot(dir_.Join("missing")).status().code(), StatusCode::kNotFound);
+  WriteRawFile(dir_.Join("file"), RandomBytes(1, 1));
+  Status s = fs_->OpenRoot(dir_.Join("file")).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_NE(s.message().find(dir_.Join("file")), std::string::npos) << s.ToString();
+  // A root reached through a symlink is fine.
+  ASSERT_EQ(::symlink(dir_.path().c_str(), dir_.Join("via-link").c_str()), 0);
+  auto root = fs_->OpenRoot(dir_.Join("via-link"));
+  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  EXPECT_EQ(root->path(), dir_.Join("via-link"));
+  EXPECT_TRUE(fs_->OpenBeneath(*root, "file", {}).ok());
 }
 
 TEST_F(PosixFileSystemTest, DefaultWorks) {

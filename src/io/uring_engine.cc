@@ -2,10 +2,10 @@
 //
 // Each Run borrows a ring from a free list (creating one when all are busy), so concurrent Runs
 // never share a ring and a steady caller never pays io_uring_setup. A Run keeps up to
-// queue_depth requests in flight in fixed slots (user_data = slot index; no per-op allocation),
-// and each round is one io_uring_enter that submits every prepared SQE and waits for at least one
-// completion. Completions are reaped in a batch; short transfers are re-prepared for their
-// remainder and go out with the next round.
+// queue_depth requests in flight in fixed slots (user_data = slot index; no per-op allocation).
+// Each request is submitted as soon as its slot is free (see the refill loop for why), then the
+// Run waits for at least one completion and reaps completions in a batch; short transfers are
+// re-prepared for their remainder and go out with the next round.
 #include <liburing.h>
 
 #include <algorithm>
@@ -165,6 +165,10 @@ Status Ring::Run(std::span<IoRequest> requests, bool record_latency) {
         slot.submit_ns = now;
       }
       Prepare(index);
+      // Submit at once rather than once per round: on virtio disks a batch of SQEs is plugged
+      // in the block layer until the whole batch is issued, which leaves gaps in the device
+      // queue (4 KiB QD32 random reads: ~0.87 of fio batched, ~0.97 submitted one by one).
+      io_uring_submit(&ring_);
       ++in_flight;
     }
     if (in_flight == 0) break;

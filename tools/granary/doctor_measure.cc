@@ -24,8 +24,8 @@ constexpr size_t kArenaBytes = 128 * kMiB;
 // The file size is a multiple of the largest block so every point covers it exactly.
 constexpr uint64_t kFileGranule = 4 * kMiB;
 // Random reads run in batches; a batch grows until it lasts this long, so the queue drains at
-// batch boundaries (and the clock is checked) rarely enough not to matter.
-constexpr uint64_t kTargetBatchNanos = 50'000'000;
+// batch boundaries (and the clock is checked) rarely enough not to matter (< 1%).
+constexpr uint64_t kTargetBatchNanos = 100'000'000;
 constexpr size_t kMaxBatch = 65536;
 
 // xorshift64*: fast, seedable, good enough for offsets and filler bytes.
@@ -73,16 +73,16 @@ Status CheckResults(std::span<const IoRequest> requests, const std::string& path
 Status DirectOpenContext(Status s, const std::string& path) {
   if (s.code() == StatusCode::kInvalidArgument) {
     return InvalidArgumentError("cannot open " + path +
-                                " with O_DIRECT: the file system does not support it (tmpfs does "
-                                "not); choose a directory on a disk");
+                                " with O_DIRECT: the file system does not support it (older "
+                                "tmpfs does not); choose a directory on a disk");
   }
   return s;
 }
 
 // Buffers a point cycles through: 2 x QD blocks, like fio's iodepth buffers. Requests are handed
 // slots round-robin, so two reads in flight rarely share one (and if they do, only the junk they
-// read mixes). A small, hot set matters on VMs: cycling reads through all 128 MiB of the arena
-// measured ~10-15% fewer IOPS at 16 KiB QD 32 here (host-side mapping costs).
+// read mixes). A small, hot set seems to matter on VMs: cycling reads through all 128 MiB of the
+// arena measured ~10-15% fewer IOPS at 16 KiB QD 32 here (noisy; see docs/benchmarks.md).
 size_t BufferSlots(const Point& point) {
   return std::min<size_t>(kArenaBytes / point.block_bytes, 2 * size_t{point.queue_depth});
 }
@@ -315,7 +315,7 @@ Result<std::vector<Measurement>> Doctor::SeqRead(const Point& point) {
 
 // Like fio --rw=randread --time_based: block-aligned uniformly random offsets over the whole
 // file until runtime_s has passed. Batches are handed to IoEngine::Run, each growing until it
-// lasts ~50 ms so the queue rarely drains.
+// lasts ~100 ms so the queue rarely drains.
 Result<std::vector<Measurement>> Doctor::RandRead(const Point& point) {
   GRANARY_RETURN_IF_ERROR(EnsureLaidOut());
   File::OpenOptions open_options;

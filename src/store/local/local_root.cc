@@ -1,14 +1,10 @@
 #include "store/local/local_root.h"
 
-#include <fcntl.h>
-#include <linux/openat2.h>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -50,48 +46,6 @@ std::string_view ParentOf(std::string_view path) {
   return slash == 0 ? path.substr(0, 1) : path.substr(0, slash);
 }
 
-// openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS) relative to `root_fd`; on kernels without
-// openat2, a component walk with O_NOFOLLOW (stricter: refuses every symlink). -1 and errno on
-// failure; EXDEV or ELOOP mean "would leave the root" / "symlink refused".
-int OpenBeneath(int root_fd, const std::string& relative, int flags) {
-  static std::atomic<bool> have_openat2{true};
-  if (have_openat2.load(std::memory_order_relaxed)) {
-    open_how how{};
-    how.flags = static_cast<uint64_t>(flags | O_CLOEXEC);
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
-    for (int attempt = 0; attempt < 64; ++attempt) {
-      long fd = ::syscall(SYS_openat2, root_fd, relative.c_str(), &how, sizeof(how));
-      if (fd >= 0) return static_cast<int>(fd);
-      // EAGAIN: a concurrent rename raced the resolution; retrying is the documented answer.
-      if (errno != EAGAIN && errno != EINTR) break;
-    }
-    if (errno != ENOSYS) return -1;
-    have_openat2.store(false, std::memory_order_relaxed);
-  }
-  int dir = ::fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
-  if (dir < 0) return -1;
-  size_t begin = 0;
-  for (;;) {
-    size_t slash = relative.find('/', begin);
-    if (slash == std::string::npos) break;
-    std::string component = relative.substr(begin, slash - begin);
-    int next = ::openat(dir, component.c_str(), O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    int saved = errno;
-    ::close(dir);
-    if (next < 0) {
-      errno = saved;
-      return -1;
-    }
-    dir = next;
-    begin = slash + 1;
-  }
-  int fd = ::openat(dir, relative.c_str() + begin, flags | O_NOFOLLOW | O_CLOEXEC);
-  int saved = errno;
-  ::close(dir);
-  errno = saved;
-  return fd;
-}
-
 }  // namespace
 
 bool ParseTempName(std::string_view name, TempName* out) {
@@ -107,14 +61,15 @@ bool ParseTempName(std::string_view name, TempName* out) {
          p2 == begin + dash2 && out->pid > 0;
 }
 
-LocalRoot::LocalRoot(std::string root, const StoreOptions& options, FileSystem* fs, int root_fd)
+LocalRoot::LocalRoot(std::string root, const StoreOptions& options, FileSystem* fs,
+                     File root_dir)
     : root_(std::move(root)),
       options_(options),
       fs_(fs),
-      root_fd_(root_fd),
+      root_dir_(std::move(root_dir)),
       background_(kBackgroundThreads, "granary-put") {}
 
-LocalRoot::~LocalRoot() { ::close(root_fd_); }
+LocalRoot::~LocalRoot() = default;
 
 Result<std::shared_ptr<LocalRoot>> LocalRoot::Open(std::string root, const StoreOptions& options,
                                                    FileSystem* fs) {
@@ -136,9 +91,10 @@ Result<std::shared_ptr<LocalRoot>> LocalRoot::Open(std::string root, const Store
   } else if (!S_ISDIR(st.st_mode)) {
     return FailedPreconditionError(context + ": not a directory");
   }
-  int root_fd = ::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  if (root_fd < 0) return ErrnoToStatus(errno, context + ": open");
-  std::shared_ptr<LocalRoot> out(new LocalRoot(std::move(root), options, fs, root_fd));
+  Result<File> root_dir = fs->OpenRoot(root);
+  if (!root_dir.ok()) return root_dir.status().WithContext(context);
+  std::shared_ptr<LocalRoot> out(
+      new LocalRoot(std::move(root), options, fs, std::move(root_dir).value()));
   GRANARY_RETURN_IF_ERROR(fs->CreateDirs(out->PathOf(kTmpDir)).WithContext(context));
   GRANARY_RETURN_IF_ERROR(out->CheckFormat().WithContext(context));
   out->RemoveDeadTemps();
@@ -212,37 +168,32 @@ void LocalRoot::RemoveDeadTemps() {
   }
 }
 
+Status LocalRoot::OpenError(std::string_view key, const Status& status) const {
+  switch (status.code()) {
+    case StatusCode::kNotFound:
+      return Status(StatusCode::kNotFound, Describe(key) + ": not found", status.sys_errno());
+    case StatusCode::kFailedPrecondition:  // OpenBeneath: a directory, or not a regular file
+      return NotFoundError(Describe(key) + ": not found (" +
+                           (status.sys_errno() == EISDIR ? "a directory" : "not a regular file") +
+                           ")");
+    default:
+      return status.WithContext(Describe(key));
+  }
+}
+
 Result<OpenedObject> LocalRoot::OpenObject(std::string_view key, bool direct) const {
-  const std::string relative(key);
-  // O_NONBLOCK so a FIFO planted in the root cannot hang the open; cleared again below.
-  int flags = O_RDONLY | O_NONBLOCK;
-  int fd = OpenBeneath(root_fd_, relative, flags | (direct ? O_DIRECT : 0));
-  if (fd < 0 && direct && errno == EINVAL) {  // file system without O_DIRECT (tmpfs)
-    direct = false;
-    fd = OpenBeneath(root_fd_, relative, flags);
+  File::OpenOptions options;
+  options.direct = direct;
+  Result<File> file = fs_->OpenBeneath(root_dir_, key, options);
+  if (!file.ok() && direct && file.status().sys_errno() == EINVAL) {
+    options.direct = false;  // a file system without O_DIRECT (tmpfs)
+    file = fs_->OpenBeneath(root_dir_, key, options);
   }
-  if (fd < 0) {
-    int err = errno;
-    if (err == ENOENT || err == ENOTDIR) return NotFoundError(Describe(key) + ": not found");
-    if (err == EXDEV || err == ELOOP) {
-      return Status(StatusCode::kPermissionDenied,
-                    Describe(key) + ": resolves through a symlink that leaves the store " +
-                        "root or loops (not followed)", err);
-    }
-    return ErrnoToStatus(err, Describe(key) + ": open");
-  }
-  if (direct) flags |= O_DIRECT;
+  if (!file.ok()) return OpenError(key, file.status());
   OpenedObject out;
-  out.file = File(fd, PathOf(key));
+  out.file = std::move(file).value();
   struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, Describe(key) + ": fstat");
-  if (!S_ISREG(st.st_mode)) {
-    return NotFoundError(Describe(key) + ": not found (" +
-                         (S_ISDIR(st.st_mode) ? "a directory" : "not a regular file") + ")");
-  }
-  if (::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
-    return ErrnoToStatus(errno, Describe(key) + ": fcntl");
-  }
+  if (::fstat(out.file.fd(), &st) != 0) return ErrnoToStatus(errno, Describe(key) + ": fstat");
   out.size_bytes = static_cast<uint64_t>(st.st_size);
   out.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   out.inode = static_cast<uint64_t>(st.st_ino);
@@ -250,16 +201,14 @@ Result<OpenedObject> LocalRoot::OpenObject(std::string_view key, bool direct) co
 }
 
 Result<File> LocalRoot::ReopenDirect(std::string_view key, const OpenedObject& object) const {
-  int fd = OpenBeneath(root_fd_, std::string(key), O_RDONLY | O_NONBLOCK | O_DIRECT);
-  if (fd < 0) return ErrnoToStatus(errno, Describe(key) + ": open (O_DIRECT)");
-  File file(fd, PathOf(key));
+  File::OpenOptions options;
+  options.direct = true;
+  Result<File> file = fs_->OpenBeneath(root_dir_, key, options);
+  if (!file.ok()) return OpenError(key, file.status());
   struct stat st;
-  if (::fstat(fd, &st) != 0) return ErrnoToStatus(errno, Describe(key) + ": fstat");
-  if (static_cast<uint64_t>(st.st_ino) != object.inode || !S_ISREG(st.st_mode)) {
+  if (::fstat(file->fd(), &st) != 0) return ErrnoToStatus(errno, Describe(key) + ": fstat");
+  if (static_cast<uint64_t>(st.st_ino) != object.inode) {
     return FailedPreconditionError(Describe(key) + ": replaced while being read");
-  }
-  if (::fcntl(fd, F_SETFL, O_RDONLY | O_DIRECT) != 0) {
-    return ErrnoToStatus(errno, Describe(key) + ": fcntl");
   }
   return file;
 }

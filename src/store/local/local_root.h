@@ -74,9 +74,10 @@ class LocalRoot {
   // "key 'k' (<root>/k)": the context every error about `key` carries.
   std::string Describe(std::string_view key) const;
 
-  // Opens `key` (already validated) for reading without leaving the root; O_DIRECT when
-  // `direct` and the file system allows it. NotFound if absent or a directory,
-  // PermissionDenied if resolving it would leave the root or hit a magic link.
+  // Opens `key` (already validated) for reading through FileSystem::OpenBeneath, so resolving
+  // it never leaves the root; O_DIRECT when `direct` and the file system allows it. NotFound if
+  // absent, a directory or not a regular file; PermissionDenied if resolving it would leave the
+  // root or pass a magic link. Errors name the key and its path.
   Result<OpenedObject> OpenObject(std::string_view key, bool direct) const;
   // A second descriptor with O_DIRECT for an object opened by OpenObject; fails (and the caller
   // falls back to buffered reads) if the key now names another file.
@@ -103,13 +104,15 @@ class LocalRoot {
   Result<std::shared_ptr<BufferPool>> StagingPool(size_t part_bytes);
 
  private:
-  LocalRoot(std::string root, const StoreOptions& options, FileSystem* fs, int root_fd);
+  LocalRoot(std::string root, const StoreOptions& options, FileSystem* fs, File root_dir);
 
   Status CheckFormat();
   void RemoveDeadTemps();
   // Makes sure every parent component of `key` is a real directory, creating missing ones;
   // appends the directories whose entries changed (and so need an fsync) to `dirty_dirs`.
   Status PrepareParents(std::string_view key, std::vector<std::string>* dirty_dirs);
+  // The error for a failed OpenBeneath of `key`, in the store's terms.
+  Status OpenError(std::string_view key, const Status& status) const;
   // Makes the target path free for a rename: an empty leftover directory is removed; a
   // directory holding other keys is FailedPrecondition.
   Status ClearDirectoryAtTarget(std::string_view key);
@@ -118,7 +121,7 @@ class LocalRoot {
   const std::string root_;
   const StoreOptions options_;
   FileSystem* const fs_;
-  const int root_fd_;  // O_PATH descriptor of the root, for openat2 beneath it
+  const File root_dir_;  // from FileSystem::OpenRoot; every read opens beneath it
   ThreadPool background_;
 
   std::mutex pools_mu_;

@@ -11,10 +11,10 @@
 //     version, so they never see a mix.
 //   * Temp files of writers whose pid is dead (in this pid namespace) are removed when a store
 //     opens the directory; other files under .granary/ are left alone.
-//   * Reads open files relative to the root with openat2(RESOLVE_BENEATH |
-//     RESOLVE_NO_MAGICLINKS), so a symlink inside the root can never lead a read outside it
-//     (PermissionDenied). Writes and deletes refuse to pass through a parent component that is
-//     not a real directory.
+//   * Reads open files relative to the root with FileSystem::OpenBeneath (openat2
+//     RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS on POSIX), so a symlink inside the root can never
+//     lead a read outside it (PermissionDenied). Writes and deletes refuse to pass through a
+//     parent component that is not a real directory.
 //   * Reads and writes of at least StoreOptions::direct_io_min_bytes use O_DIRECT (when the file
 //     system supports it); GetMany opens each distinct object once per batch and submits all
 //     ranges as one batch so the device queue stays full.
@@ -45,8 +45,9 @@ namespace granary {
 class FileSystem;
 
 // Opens (and with options.create_if_missing creates) the store rooted at `root`, an absolute
-// path. `fs` performs every write, sync, rename and read (not owned; must outlive the store and
-// its writers); nullptr means FileSystem::Default(). Tests pass a FaultInjectingFileSystem.
+// path. `fs` performs every open, read, write, sync and rename (not owned; must outlive the
+// store and its writers); nullptr means FileSystem::Default(). Tests pass a
+// FaultInjectingFileSystem.
 // Errors: InvalidArgument for a relative root or bad options, NotFound if the root is missing
 // and create_if_missing is false, FailedPrecondition if the root is not a directory or its
 // .granary/format names an unknown layout version.

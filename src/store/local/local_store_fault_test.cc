@@ -1,10 +1,11 @@
-// LocalStore under injected faults: full disk, EIO from writes and fsyncs, and power loss
+// LocalStore under injected faults: full disk, EIO from reads, writes and fsyncs, and power loss
 // (FaultInjectingFileSystem::Crash drops unsynced data and undoes unsynced renames).
 #include <gtest/gtest.h>
 
 #include <cerrno>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "io/fault_injection.h"
 #include "io/file_system.h"
@@ -15,6 +16,7 @@ namespace granary {
 namespace {
 
 using testing::AsBytes;
+using testing::AsWritableBytes;
 using testing::Payload;
 using testing::ScratchDir;
 
@@ -126,6 +128,96 @@ TEST_F(LocalStoreFaultTest, EioOnWriteOrFsyncKeepsOldObject) {
   ASSERT_OK((*writer)->Append(AsBytes(Payload(4, (2u << 20) + 7))));
   fault_.FailNthSync(1, EIO);
   ExpectFailureKeptOld((*writer)->Commit(), StatusCode::kInternal, "k", "old");
+}
+
+TEST_F(LocalStoreFaultTest, EioOnGetNamesKeyAndPath) {
+  const std::string small = Payload(8, 5000);
+  const std::string big = Payload(9, 3u << 20);  // O_DIRECT path (default threshold)
+  ASSERT_OK(store_->Put("ckpt/small", small));
+  ASSERT_OK(store_->Put("ckpt/big", big));
+  for (const auto& [key, value] : {std::pair<std::string, std::string>{"ckpt/small", small},
+                                   {"ckpt/big", big}}) {
+    std::string buf(value.size(), '\0');
+    fault_.FailNthRead(1, EIO);
+    Result<size_t> n = store_->Get(key, 0, AsWritableBytes(buf));
+    ASSERT_FALSE(n.ok()) << key;
+    EXPECT_EQ(n.status().code(), StatusCode::kInternal) << n.status().ToString();
+    EXPECT_EQ(n.status().sys_errno(), EIO);
+    EXPECT_NE(n.status().message().find("'" + key + "'"), std::string::npos)
+        << n.status().ToString();
+    EXPECT_NE(n.status().message().find(root() + "/" + key), std::string::npos)
+        << n.status().ToString();
+    n = store_->Get(key, 0, AsWritableBytes(buf));  // one-shot: the next read succeeds
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    EXPECT_EQ(*n, value.size());
+    EXPECT_EQ(buf, value);
+  }
+}
+
+TEST_F(LocalStoreFaultTest, EioInGetManyFailsOnlyTheAffectedOp) {
+  std::vector<std::string> values;
+  for (int i = 0; i < 4; ++i) {
+    values.push_back(Payload(10 + i, 3000));
+    ASSERT_OK(store_->Put("k" + std::to_string(i), values.back()));
+  }
+  // Five ops, two of them on the same object; each is one read request.
+  const std::vector<std::pair<int, uint64_t>> plan = {{2, 0}, {0, 100}, {2, 1000}, {3, 0}, {1, 7}};
+  for (uint64_t nth = 1; nth <= plan.size(); ++nth) {
+    std::vector<std::string> bufs(plan.size(), std::string(500, '\0'));
+    std::vector<ReadOp> ops(plan.size());
+    for (size_t i = 0; i < plan.size(); ++i) {
+      ops[i].key = "k" + std::to_string(plan[i].first);
+      ops[i].offset = plan[i].second;
+      ops[i].dest = AsWritableBytes(bufs[i]);
+    }
+    fault_.FailNthRead(nth, EIO);
+    ASSERT_OK(store_->GetMany(ops));
+    int failed = 0;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const std::string& key = ops[i].key;
+      if (!ops[i].status.ok()) {
+        ++failed;
+        EXPECT_EQ(ops[i].status.sys_errno(), EIO) << ops[i].status.ToString();
+        EXPECT_NE(ops[i].status.message().find("'" + key + "'"), std::string::npos)
+            << ops[i].status.ToString();
+        EXPECT_NE(ops[i].status.message().find(root() + "/" + key), std::string::npos)
+            << ops[i].status.ToString();
+        EXPECT_EQ(ops[i].bytes_read, 0u);
+        continue;
+      }
+      EXPECT_EQ(ops[i].bytes_read, 500u) << key;
+      EXPECT_EQ(bufs[i], values[plan[i].first].substr(plan[i].second, 500)) << key;
+    }
+    EXPECT_EQ(failed, 1) << "read " << nth;
+  }
+  fault_.ClearFaults();
+}
+
+TEST_F(LocalStoreFaultTest, ReadsOpenThroughTheFileSystem) {
+  ASSERT_OK(store_->Put("a", "alpha"));
+  ASSERT_OK(store_->Put("b", "beta"));
+  // Stat, Get and GetMany open their objects through the FileSystem, so an open fault hits them.
+  fault_.FailNthOpen(1, EACCES);
+  Status s = store_->Stat("a").status();
+  EXPECT_EQ(s.code(), StatusCode::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("'a'"), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find(root() + "/a"), std::string::npos) << s.ToString();
+  std::string buf(5, '\0');
+  fault_.FailNthOpen(1, EACCES);
+  EXPECT_EQ(store_->Get("a", 0, AsWritableBytes(buf)).status().sys_errno(), EACCES);
+  std::string buf_a(5, '\0'), buf_b(4, '\0');
+  std::vector<ReadOp> ops(2);
+  ops[0].key = "a";
+  ops[0].dest = AsWritableBytes(buf_a);
+  ops[1].key = "b";
+  ops[1].dest = AsWritableBytes(buf_b);
+  fault_.FailNthOpen(2, EACCES);  // objects are opened in key order: "b" fails
+  ASSERT_OK(store_->GetMany(ops));
+  EXPECT_TRUE(ops[0].status.ok()) << ops[0].status.ToString();
+  EXPECT_EQ(buf_a, "alpha");
+  EXPECT_EQ(ops[1].status.sys_errno(), EACCES) << ops[1].status.ToString();
+  EXPECT_NE(ops[1].status.message().find(root() + "/b"), std::string::npos);
+  EXPECT_EQ(store_->Stat("b").value().size_bytes, 4u);
 }
 
 TEST_F(LocalStoreFaultTest, CrashAfterPutReturnedKeepsNewObjects) {
