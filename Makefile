@@ -61,7 +61,7 @@ test-cpp: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
 test-py: install-py
-	cd python/tests && OMP_NUM_THREADS=2 ../../$(VPY) -m pytest -q -p no:cacheprovider --timeout=900 .
+	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider --timeout=900 python/tests bench/test_harness.py
 
 test-asan: $(STAMPS)/apt
 	@test -f $(ASAN_BUILD)/build.ninja || cmake -S . -B $(ASAN_BUILD) -G Ninja \
