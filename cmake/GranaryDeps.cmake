@@ -4,8 +4,11 @@ find_package(Threads REQUIRED)
 pkg_check_modules(LIBURING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(LIBISAL REQUIRED IMPORTED_TARGET libisal)
 pkg_check_modules(LIBXXHASH REQUIRED IMPORTED_TARGET libxxhash)
+# Header-only; used for manifests (never in public headers).
+find_package(nlohmann_json 3.10 REQUIRED)
 
 # Everything the layers link privately, gathered once.
 add_library(granary_deps INTERFACE)
 target_link_libraries(granary_deps INTERFACE
-  PkgConfig::LIBURING PkgConfig::LIBISAL PkgConfig::LIBXXHASH Threads::Threads)
+  PkgConfig::LIBURING PkgConfig::LIBISAL PkgConfig::LIBXXHASH Threads::Threads
+  $<BUILD_INTERFACE:nlohmann_json::nlohmann_json>)
