@@ -5,6 +5,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "granary/io.h"
 #include "gtest/gtest.h"
 
@@ -15,7 +16,7 @@ TEST(AlignedBufferTest, AllocatesAlignedRoundedZeroedMemory) {
   for (size_t size : {size_t{1}, size_t{4096}, size_t{5000}, size_t{300000}, size_t{3} << 20}) {
     for (size_t alignment : {size_t{8}, size_t{512}, size_t{4096}, size_t{2} << 20}) {
       auto buffer = AlignedBuffer::Allocate(size, alignment);
-      ASSERT_TRUE(buffer.ok()) << buffer.status().ToString();
+      GRANARY_ASSERT_OK(buffer);
       EXPECT_EQ(reinterpret_cast<uintptr_t>(buffer->data()) % alignment, 0u);
       EXPECT_EQ(buffer->size() % kDirectIoAlignment, 0u);
       EXPECT_GE(buffer->size(), size);
@@ -33,14 +34,14 @@ TEST(AlignedBufferTest, RejectsBadAlignmentAndHandlesZeroSize) {
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   auto empty = AlignedBuffer::Allocate(0);
-  ASSERT_TRUE(empty.ok());
+  GRANARY_ASSERT_OK(empty);
   EXPECT_EQ(empty->size(), 0u);
   EXPECT_EQ(empty->data(), nullptr);
 }
 
 TEST(AlignedBufferTest, MovesOwnership) {
   auto a = AlignedBuffer::Allocate(1 << 20);
-  ASSERT_TRUE(a.ok());
+  GRANARY_ASSERT_OK(a);
   std::byte* p = a->data();
   AlignedBuffer b(std::move(a).value());
   EXPECT_EQ(b.data(), p);
@@ -60,13 +61,13 @@ TEST(BufferPoolTest, ValidatesOptions) {
 
 TEST(BufferPoolTest, AllocatesLazilyUpToTheBoundAndReuses) {
   auto pool = BufferPool::Create({.buffer_bytes = 10000, .max_buffers = 2});
-  ASSERT_TRUE(pool.ok());
+  GRANARY_ASSERT_OK(pool);
   EXPECT_EQ((*pool)->buffer_bytes(), 12288u);
   EXPECT_EQ((*pool)->allocated_buffers(), 0u);
   std::set<std::byte*> seen;
   for (int i = 0; i < 50; ++i) {
     auto lease = (*pool)->Acquire();
-    ASSERT_TRUE(lease.ok());
+    GRANARY_ASSERT_OK(lease);
     ASSERT_TRUE(*lease);
     EXPECT_EQ(lease->size(), 12288u);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(lease->data()) % kDirectIoAlignment, 0u);
@@ -87,19 +88,19 @@ TEST(BufferPoolTest, AllocatesLazilyUpToTheBoundAndReuses) {
   EXPECT_EQ((*pool)->allocated_buffers(), 2u);
   *a = BufferPool::Lease();  // returns the buffer
   auto d = (*pool)->TryAcquire();
-  ASSERT_TRUE(d.ok());
+  GRANARY_ASSERT_OK(d);
   EXPECT_TRUE(*d);
 }
 
 TEST(BufferPoolTest, AcquireWaitsForARelease) {
   auto pool = BufferPool::Create({.buffer_bytes = 4096, .max_buffers = 1});
-  ASSERT_TRUE(pool.ok());
+  GRANARY_ASSERT_OK(pool);
   auto held = (*pool)->Acquire();
-  ASSERT_TRUE(held.ok());
+  GRANARY_ASSERT_OK(held);
   std::atomic<bool> acquired{false};
   std::thread waiter([&] {
     auto lease = (*pool)->Acquire();
-    EXPECT_TRUE(lease.ok());
+    GRANARY_EXPECT_OK(lease);
     acquired = true;
   });
   // Cannot become true while the only buffer is held, however long we wait.
@@ -114,7 +115,7 @@ TEST(BufferPoolTest, AcquireWaitsForARelease) {
 
 TEST(BufferPoolTest, ThreadsNeverShareABuffer) {
   auto pool = BufferPool::Create({.buffer_bytes = 8192, .max_buffers = 3});
-  ASSERT_TRUE(pool.ok());
+  GRANARY_ASSERT_OK(pool);
   std::atomic<int> errors{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 8; ++t) {

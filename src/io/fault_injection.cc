@@ -55,34 +55,29 @@ FaultInjectingFileSystem::~FaultInjectingFileSystem() {
 
 // --- Faults ------------------------------------------------------------------------------------
 
-void FaultInjectingFileSystem::FailNthOpen(uint64_t n, int sys_errno) {
+void FaultInjectingFileSystem::Arm(NthFault* fault, NthFault value) {
   std::lock_guard<std::mutex> lock(mu_);
-  fail_open_countdown_ = n;
-  fail_open_errno_ = sys_errno;
+  *fault = value;
+}
+
+void FaultInjectingFileSystem::FailNthOpen(uint64_t n, int sys_errno) {
+  Arm(&fail_open_, {.countdown = n, .sys_errno = sys_errno});
 }
 
 void FaultInjectingFileSystem::FailNthRead(uint64_t n, int sys_errno) {
-  std::lock_guard<std::mutex> lock(mu_);
-  fail_read_countdown_ = n;
-  fail_read_errno_ = sys_errno;
+  Arm(&fail_read_, {.countdown = n, .sys_errno = sys_errno});
 }
 
 void FaultInjectingFileSystem::CorruptNthRead(uint64_t n, uint64_t byte_index) {
-  std::lock_guard<std::mutex> lock(mu_);
-  corrupt_read_countdown_ = n;
-  corrupt_read_index_ = byte_index;
+  Arm(&corrupt_read_, {.countdown = n, .byte_index = byte_index});
 }
 
 void FaultInjectingFileSystem::FailNthWrite(uint64_t n, int sys_errno) {
-  std::lock_guard<std::mutex> lock(mu_);
-  fail_write_countdown_ = n;
-  fail_write_errno_ = sys_errno;
+  Arm(&fail_write_, {.countdown = n, .sys_errno = sys_errno});
 }
 
 void FaultInjectingFileSystem::FailNthSync(uint64_t n, int sys_errno) {
-  std::lock_guard<std::mutex> lock(mu_);
-  fail_sync_countdown_ = n;
-  fail_sync_errno_ = sys_errno;
+  Arm(&fail_sync_, {.countdown = n, .sys_errno = sys_errno});
 }
 
 void FaultInjectingFileSystem::SetDiskFullAfter(uint64_t free_bytes) {
@@ -103,11 +98,7 @@ void FaultInjectingFileSystem::ShortWrites(bool enable, int sys_errno) {
 
 void FaultInjectingFileSystem::ClearFaults() {
   std::lock_guard<std::mutex> lock(mu_);
-  fail_open_countdown_ = 0;
-  fail_read_countdown_ = 0;
-  corrupt_read_countdown_ = 0;
-  fail_write_countdown_ = 0;
-  fail_sync_countdown_ = 0;
+  fail_open_ = fail_read_ = corrupt_read_ = fail_write_ = fail_sync_ = NthFault{};
   disk_free_bytes_.reset();
   short_writes_ = false;
 }
@@ -197,8 +188,16 @@ Status FaultInjectingFileSystem::TrackOpened(std::string_view path, bool existed
 
 Status FaultInjectingFileSystem::PlanOpen(std::string_view path) {
   ++opens_;
-  if (fail_open_countdown_ > 0 && --fail_open_countdown_ == 0) {
-    return ErrnoToStatus(fail_open_errno_, "open " + std::string(path) + " (injected)");
+  if (fail_open_.Fire()) {
+    return ErrnoToStatus(fail_open_.sys_errno, "open " + std::string(path) + " (injected)");
+  }
+  return Status::OK();
+}
+
+Status FaultInjectingFileSystem::PlanSync(std::string_view what) {
+  ++syncs_;
+  if (fail_sync_.Fire()) {
+    return ErrnoToStatus(fail_sync_.sys_errno, std::string(what) + " (injected)");
   }
   return Status::OK();
 }
@@ -206,10 +205,10 @@ Status FaultInjectingFileSystem::PlanOpen(std::string_view path) {
 FaultInjectingFileSystem::ReadPlan FaultInjectingFileSystem::PlanRead() {
   ++reads_;
   ReadPlan plan;
-  if (fail_read_countdown_ > 0 && --fail_read_countdown_ == 0) plan.fail_errno = fail_read_errno_;
-  if (corrupt_read_countdown_ > 0 && --corrupt_read_countdown_ == 0) {
+  if (fail_read_.Fire()) plan.fail_errno = fail_read_.sys_errno;
+  if (corrupt_read_.Fire()) {
     plan.corrupt = true;
-    plan.corrupt_index = corrupt_read_index_;
+    plan.corrupt_index = corrupt_read_.byte_index;
   }
   return plan;
 }
@@ -234,7 +233,7 @@ Status FaultInjectingFileSystem::ReadMany(std::span<IoRequest> requests) {
   std::vector<ReadPlan> plans;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (fail_read_countdown_ == 0 && corrupt_read_countdown_ == 0) {
+    if (!fail_read_.armed() && !corrupt_read_.armed()) {
       reads_ += requests.size();  // nothing armed: the common case costs no copies
     } else {
       plans.reserve(requests.size());
@@ -272,9 +271,9 @@ void FaultInjectingFileSystem::PlanWrite(size_t length, size_t* write_bytes, int
   ++writes_;
   *write_bytes = length;
   *fail_errno = 0;
-  if (fail_write_countdown_ > 0 && --fail_write_countdown_ == 0) {
+  if (fail_write_.Fire()) {
     *write_bytes = 0;
-    *fail_errno = fail_write_errno_;
+    *fail_errno = fail_write_.sys_errno;
   } else if (short_writes_) {
     *write_bytes = length / 2;
     *fail_errno = short_write_errno_;
@@ -310,10 +309,7 @@ Status FaultInjectingFileSystem::WriteAt(const File& file, uint64_t offset,
 Status FaultInjectingFileSystem::Sync(const File& file) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ++syncs_;
-    if (fail_sync_countdown_ > 0 && --fail_sync_countdown_ == 0) {
-      return ErrnoToStatus(fail_sync_errno_, "fsync " + file.path() + " (injected)");
-    }
+    GRANARY_RETURN_IF_ERROR(PlanSync("fsync " + file.path()));
   }
   // The length is taken before the fsync: anything written meanwhile may not be covered.
   struct stat st;
@@ -339,11 +335,7 @@ Status FaultInjectingFileSystem::SyncDir(std::string_view path) {
   uint64_t covered_seq;  // operations numbered below this happened before the fsync started
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ++syncs_;
-    if (fail_sync_countdown_ > 0 && --fail_sync_countdown_ == 0) {
-      return ErrnoToStatus(fail_sync_errno_, "fsync directory " + std::string(path) +
-                                                 " (injected)");
-    }
+    GRANARY_RETURN_IF_ERROR(PlanSync("fsync directory " + std::string(path)));
     covered_seq = next_seq_;
   }
   GRANARY_RETURN_IF_ERROR(base_->SyncDir(path));
@@ -367,6 +359,19 @@ void FaultInjectingFileSystem::AddPending(PendingOp op) {
   pending_.push_back(std::move(op));
 }
 
+void FaultInjectingFileSystem::MoveTracked(const std::string& from, const std::string& to) {
+  std::vector<std::pair<std::string, FileState>> moved;
+  for (auto it = files_.begin(); it != files_.end();) {
+    if (it->first == from || IsUnder(it->first, from)) {
+      moved.emplace_back(to + it->first.substr(from.size()), it->second);
+      it = files_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto& [path, state] : moved) files_[path] = state;
+}
+
 Status FaultInjectingFileSystem::DoRename(std::string_view from, std::string_view to,
                                           bool replace) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -385,17 +390,7 @@ Status FaultInjectingFileSystem::DoRename(std::string_view from, std::string_vie
   if (f == t) return Status::OK();
   PendingOp op{PendingOp::Kind::kRename, f, t, backup, std::nullopt, {Parent(f), Parent(t)}};
   if (auto node = files_.extract(t)) op.backup_state = node.mapped();
-  // Move the state of the renamed file, and of files below it when it is a directory.
-  std::vector<std::pair<std::string, FileState>> moved;
-  for (auto it = files_.begin(); it != files_.end();) {
-    if (it->first == f || IsUnder(it->first, f)) {
-      moved.emplace_back(t + it->first.substr(f.size()), it->second);
-      it = files_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  for (auto& [path, state] : moved) files_[path] = state;
+  MoveTracked(f, t);
   AddPending(std::move(op));
   return Status::OK();
 }
@@ -461,16 +456,7 @@ Status FaultInjectingFileSystem::Crash() {
         if (::rename(op->to.c_str(), op->from.c_str()) != 0) {
           KeepFirst(&first, ErrnoToStatus(errno, "crash: move " + op->to + " back to " + op->from));
         }
-        std::vector<std::pair<std::string, FileState>> moved;
-        for (auto it = files_.begin(); it != files_.end();) {
-          if (it->first == op->to || IsUnder(it->first, op->to)) {
-            moved.emplace_back(op->from + it->first.substr(op->to.size()), it->second);
-            it = files_.erase(it);
-          } else {
-            ++it;
-          }
-        }
-        for (auto& [path, state] : moved) files_[path] = state;
+        MoveTracked(op->to, op->from);
         break;
       }
       case PendingOp::Kind::kUnlink:

@@ -144,6 +144,17 @@ class FaultInjectingFileSystem final : public FileSystem {
     uint64_t seq = 0;                       // order of the operation
   };
 
+  // A one-shot fault for the n-th call from now.
+  struct NthFault {
+    uint64_t countdown = 0;   // calls until it fires (1: the next); 0: disarmed
+    int sys_errno = 0;        // what the call fails with
+    uint64_t byte_index = 0;  // CorruptNthRead: the byte to flip
+    bool armed() const { return countdown > 0; }
+    // Counts one call; true for the call the fault is meant for (which disarms it).
+    bool Fire() { return countdown > 0 && --countdown == 0; }
+  };
+  void Arm(NthFault* fault, NthFault value);  // takes mu_
+
   // The fate of one read.
   struct ReadPlan {
     int fail_errno = 0;       // fail with this without reading (0: do not fail)
@@ -153,6 +164,9 @@ class FaultInjectingFileSystem final : public FileSystem {
   ReadPlan PlanRead();  // REQUIRES(mu_)
   // Counts an Open or OpenBeneath of `path`; the injected error if it is to fail. REQUIRES(mu_)
   Status PlanOpen(std::string_view path);
+  // Counts a Sync or SyncDir ("fsync <path>" in `what`); the injected error if it is to fail.
+  // REQUIRES(mu_)
+  Status PlanSync(std::string_view what);
   // Records a file just opened for writing at `path` (which existed before iff `existed`) for
   // the crash model. REQUIRES(mu_)
   Status TrackOpened(std::string_view path, bool existed, const File& file,
@@ -161,6 +175,9 @@ class FaultInjectingFileSystem final : public FileSystem {
   // fail with afterwards (0: none).
   void PlanWrite(size_t length, size_t* write_bytes, int* fail_errno);
   void AddPending(PendingOp op);  // REQUIRES(mu_)
+  // Moves the tracked state of `from`, and of files below it when it is a directory, to the
+  // same names under `to`. REQUIRES(mu_)
+  void MoveTracked(const std::string& from, const std::string& to);
   // Shared by Rename and RenameNoReplace.
   Status DoRename(std::string_view from, std::string_view to, bool replace);
 
@@ -168,16 +185,11 @@ class FaultInjectingFileSystem final : public FileSystem {
 
   mutable std::mutex mu_;
   // Faults. GUARDED_BY(mu_)
-  uint64_t fail_open_countdown_ = 0;  // 0: disarmed
-  int fail_open_errno_ = 0;
-  uint64_t fail_read_countdown_ = 0;
-  int fail_read_errno_ = 0;
-  uint64_t corrupt_read_countdown_ = 0;
-  uint64_t corrupt_read_index_ = 0;
-  uint64_t fail_write_countdown_ = 0;  // 0: disarmed
-  int fail_write_errno_ = 0;
-  uint64_t fail_sync_countdown_ = 0;
-  int fail_sync_errno_ = 0;
+  NthFault fail_open_;
+  NthFault fail_read_;
+  NthFault corrupt_read_;
+  NthFault fail_write_;
+  NthFault fail_sync_;
   std::optional<uint64_t> disk_free_bytes_;
   bool short_writes_ = false;
   int short_write_errno_ = 0;

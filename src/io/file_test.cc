@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "core/testing/test_util.h"
 #include "granary/io.h"
 #include "gtest/gtest.h"
 #include "io/io_test_util.h"
@@ -9,11 +10,11 @@ namespace granary {
 namespace {
 
 using testing::RandomBytes;
-using testing::TempDir;
+using testing::ScratchDir;
 using testing::WriteRawFile;
 
 TEST(FileTest, OpenModes) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   auto missing = File::Open(path, {.mode = File::Mode::kRead});
   ASSERT_FALSE(missing.ok());
@@ -23,7 +24,7 @@ TEST(FileTest, OpenModes) {
             StatusCode::kNotFound);
 
   auto created = File::Open(path, {.mode = File::Mode::kCreateNew});
-  ASSERT_TRUE(created.ok());
+  GRANARY_ASSERT_OK(created);
   EXPECT_EQ(created->path(), path);
   ASSERT_EQ(::pwrite(created->fd(), "hello", 5, 0), 5);
   auto again = File::Open(path, {.mode = File::Mode::kCreateNew});
@@ -31,48 +32,48 @@ TEST(FileTest, OpenModes) {
   EXPECT_NE(again.status().message().find(path), std::string::npos);
 
   auto kept = File::Open(path, {.mode = File::Mode::kCreate});
-  ASSERT_TRUE(kept.ok());
+  GRANARY_ASSERT_OK(kept);
   EXPECT_EQ(*kept->Size(), 5u);
   auto truncated = File::Open(path, {.mode = File::Mode::kTruncate});
-  ASSERT_TRUE(truncated.ok());
+  GRANARY_ASSERT_OK(truncated);
   EXPECT_EQ(*truncated->Size(), 0u);
 }
 
 TEST(FileTest, AlwaysCloseOnExecAndDirectWhenAsked) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   for (bool direct : {false, true}) {
     auto file = File::Open(path, {.mode = File::Mode::kCreate, .direct = direct});
-    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    GRANARY_ASSERT_OK(file);
     EXPECT_TRUE(::fcntl(file->fd(), F_GETFD) & FD_CLOEXEC);
     EXPECT_EQ((::fcntl(file->fd(), F_GETFL) & O_DIRECT) != 0, direct);
   }
 }
 
 TEST(FileTest, SizeTruncateSyncClose) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   WriteRawFile(path, RandomBytes(10000, 1));
   auto file = File::Open(path, {.mode = File::Mode::kReadWrite});
-  ASSERT_TRUE(file.ok());
+  GRANARY_ASSERT_OK(file);
   EXPECT_EQ(*file->Size(), 10000u);
-  ASSERT_TRUE(file->Truncate(123).ok());
+  GRANARY_ASSERT_OK(file->Truncate(123));
   EXPECT_EQ(*file->Size(), 123u);
-  EXPECT_TRUE(file->Sync().ok());
-  EXPECT_TRUE(file->DataSync().ok());
+  GRANARY_EXPECT_OK(file->Sync());
+  GRANARY_EXPECT_OK(file->DataSync());
   File moved = std::move(file).value();
   EXPECT_TRUE(moved.is_open());
-  EXPECT_TRUE(moved.Close().ok());
+  GRANARY_EXPECT_OK(moved.Close());
   EXPECT_FALSE(moved.is_open());
-  EXPECT_TRUE(moved.Close().ok());  // closing twice is harmless
+  GRANARY_EXPECT_OK(moved.Close());  // closing twice is harmless
   Status s = moved.Sync();
   EXPECT_EQ(s.sys_errno(), EBADF);
   EXPECT_NE(s.message().find(path), std::string::npos);
 }
 
 TEST(FileTest, SyncDirectory) {
-  TempDir dir;
-  EXPECT_TRUE(SyncDirectory(dir.path()).ok());
+  ScratchDir dir;
+  GRANARY_EXPECT_OK(SyncDirectory(dir.path()));
   Status s = SyncDirectory(dir.Join("missing"));
   EXPECT_EQ(s.code(), StatusCode::kNotFound);
   EXPECT_NE(s.message().find("missing"), std::string::npos);

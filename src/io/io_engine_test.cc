@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "granary/io.h"
 #include "gtest/gtest.h"
 #include "io/io_test_util.h"
@@ -17,7 +18,7 @@ namespace {
 
 using testing::PsyncForced;
 using testing::RandomBytes;
-using testing::TempDir;
+using testing::ScratchDir;
 using testing::WriteRawFile;
 
 constexpr size_t kFileBytes = 8u << 20;
@@ -27,13 +28,13 @@ std::unique_ptr<IoEngine> MakeEngine(unsigned queue_depth = 32, bool record_late
   options.queue_depth = queue_depth;
   options.record_latency = record_latency;
   Result<std::unique_ptr<IoEngine>> engine = IoEngine::Create(options);
-  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  GRANARY_EXPECT_OK(engine);
   return engine.ok() ? std::move(engine).value() : nullptr;
 }
 
 File OpenOrDie(const std::string& path, File::Mode mode, bool direct) {
   Result<File> file = File::Open(path, {.mode = mode, .direct = direct});
-  EXPECT_TRUE(file.ok()) << file.status().ToString();
+  GRANARY_EXPECT_OK(file);
   return file.ok() ? std::move(file).value() : File();
 }
 
@@ -53,10 +54,10 @@ TEST(IoEngineTest, KindFollowsEnvironment) {
 
 TEST(IoEngineTest, ExplicitKindsWork) {
   auto psync = IoEngine::Create({.kind = IoEngineKind::kPsync});
-  ASSERT_TRUE(psync.ok());
+  GRANARY_ASSERT_OK(psync);
   EXPECT_EQ((*psync)->name(), "psync");
   auto uring = IoEngine::Create({.kind = IoEngineKind::kUring});
-  ASSERT_TRUE(uring.ok()) << uring.status().ToString();
+  GRANARY_ASSERT_OK(uring);
   EXPECT_EQ((*uring)->name(), "io_uring");
 }
 
@@ -71,7 +72,7 @@ class RandomIoTest : public ::testing::TestWithParam<std::tuple<bool, unsigned>>
 
 TEST_P(RandomIoTest, ReadsMatchPread) {
   auto [direct, depth] = GetParam();
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("data");
   std::vector<std::byte> content = RandomBytes(kFileBytes, 1);
   WriteRawFile(path, content);
@@ -82,7 +83,7 @@ TEST_P(RandomIoTest, ReadsMatchPread) {
   std::mt19937_64 rng(depth * 2 + direct);
   constexpr size_t kRequests = 300;
   auto buffer = AlignedBuffer::Allocate(kRequests * 64 * 1024);
-  ASSERT_TRUE(buffer.ok());
+  GRANARY_ASSERT_OK(buffer);
   std::vector<IoRequest> requests(kRequests);
   for (size_t i = 0; i < kRequests; ++i) {
     size_t blocks = 1 + rng() % 16;
@@ -92,7 +93,7 @@ TEST_P(RandomIoTest, ReadsMatchPread) {
     requests[i] = {.opcode = IoOpcode::kRead, .fd = file.fd(), .offset = offset,
                    .buffer = buffer->data() + i * 64 * 1024, .length = length};
   }
-  ASSERT_TRUE(engine->Run(requests).ok());
+  GRANARY_ASSERT_OK(engine->Run(requests));
   std::vector<std::byte> expected(64 * 1024);
   int plain = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   for (const IoRequest& r : requests) {
@@ -105,7 +106,7 @@ TEST_P(RandomIoTest, ReadsMatchPread) {
 
 TEST_P(RandomIoTest, WritesLandWherePreadFindsThem) {
   auto [direct, depth] = GetParam();
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("data");
   constexpr size_t kSlotBytes = 64 * 1024;
   constexpr size_t kSlots = 128;  // each request writes within its own slot: no overlaps
@@ -114,7 +115,7 @@ TEST_P(RandomIoTest, WritesLandWherePreadFindsThem) {
   auto engine = MakeEngine(depth);
   File file = OpenOrDie(path, File::Mode::kReadWrite, direct);
   auto buffer = AlignedBuffer::Allocate(kSlots * kSlotBytes);
-  ASSERT_TRUE(buffer.ok());
+  GRANARY_ASSERT_OK(buffer);
   std::vector<std::byte> data = RandomBytes(kSlots * kSlotBytes, depth);
   std::memcpy(buffer->data(), data.data(), data.size());
 
@@ -129,7 +130,7 @@ TEST_P(RandomIoTest, WritesLandWherePreadFindsThem) {
     std::memcpy(model.data() + offset, data.data() + offset, length);
   }
   std::shuffle(requests.begin(), requests.end(), rng);
-  ASSERT_TRUE(engine->Run(requests).ok());
+  GRANARY_ASSERT_OK(engine->Run(requests));
   for (const IoRequest& r : requests) ASSERT_EQ(r.result, static_cast<int64_t>(r.length));
   EXPECT_EQ(testing::ReadRawFile(path), model);
 }
@@ -139,21 +140,21 @@ INSTANTIATE_TEST_SUITE_P(BufferedAndDirect, RandomIoTest,
 
 TEST(IoEngineTest, ReadsStopAtEndOfFile) {
   for (bool direct : {false, true}) {
-    TempDir dir;
+    ScratchDir dir;
     std::string path = dir.Join("short");
     std::vector<std::byte> content = RandomBytes(10000, 3);
     WriteRawFile(path, content);
     auto engine = MakeEngine();
     File file = OpenOrDie(path, File::Mode::kRead, direct);
     auto buffer = AlignedBuffer::Allocate(5 * 4096);
-    ASSERT_TRUE(buffer.ok());
+    GRANARY_ASSERT_OK(buffer);
     std::byte* b = buffer->data();
     std::vector<IoRequest> requests = {
         {.fd = file.fd(), .offset = 0, .buffer = b, .length = 12288},  // crosses EOF
         {.fd = file.fd(), .offset = 8192, .buffer = b + 12288, .length = 4096},
         {.fd = file.fd(), .offset = 12288, .buffer = b + 16384, .length = 4096},  // past EOF
     };
-    ASSERT_TRUE(engine->Run(requests).ok());
+    GRANARY_ASSERT_OK(engine->Run(requests));
     EXPECT_EQ(requests[0].result, 10000) << "direct=" << direct;
     EXPECT_EQ(requests[1].result, 10000 - 8192) << "direct=" << direct;
     EXPECT_EQ(requests[2].result, 0) << "direct=" << direct;
@@ -181,13 +182,13 @@ TEST(IoEngineTest, ShortReadsBeforeEndOfFileAreContinued) {
   auto engine = MakeEngine(4);
   std::vector<std::byte> out(kWant);
   IoRequest r{.fd = file.fd(), .offset = 0, .buffer = out.data(), .length = kWant};
-  ASSERT_TRUE(engine->Run({&r, 1}).ok());
+  GRANARY_ASSERT_OK(engine->Run({&r, 1}));
   EXPECT_EQ(r.result, static_cast<int64_t>(kWant));
   EXPECT_EQ(out, expected);
 }
 
 TEST(IoEngineTest, BadDescriptorFailsOnlyItsRequest) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   WriteRawFile(path, RandomBytes(4096, 4));
   auto engine = MakeEngine();
@@ -201,7 +202,7 @@ TEST(IoEngineTest, BadDescriptorFailsOnlyItsRequest) {
       {.opcode = IoOpcode::kWrite, .fd = file.fd(), .buffer = c.data(), .length = 4096},
       {.fd = closed_fd, .buffer = c.data(), .length = 4096},
   };
-  ASSERT_TRUE(engine->Run(requests).ok());
+  GRANARY_ASSERT_OK(engine->Run(requests));
   EXPECT_EQ(requests[0].result, -EBADF);
   EXPECT_EQ(requests[1].result, 4096);
   EXPECT_EQ(requests[2].result, -EBADF);  // written through a read-only descriptor
@@ -210,14 +211,14 @@ TEST(IoEngineTest, BadDescriptorFailsOnlyItsRequest) {
 
 TEST(IoEngineTest, EmptyBatchAndZeroLength) {
   auto engine = MakeEngine();
-  EXPECT_TRUE(engine->Run({}).ok());
+  GRANARY_EXPECT_OK(engine->Run({}));
   IoRequest r{.fd = -1, .buffer = nullptr, .length = 0, .result = 77};
-  ASSERT_TRUE(engine->Run({&r, 1}).ok());
+  GRANARY_ASSERT_OK(engine->Run({&r, 1}));
   EXPECT_EQ(r.result, 0);
 }
 
 TEST(IoEngineTest, ManyMoreRequestsThanQueueDepth) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   std::vector<std::byte> content = RandomBytes(1 << 20, 5);
   WriteRawFile(path, content);
@@ -231,14 +232,14 @@ TEST(IoEngineTest, ManyMoreRequestsThanQueueDepth) {
       requests.push_back({.fd = file.fd(), .offset = off, .buffer = out.data() + off,
                           .length = len});
     }
-    ASSERT_TRUE(engine->Run(requests).ok());
+    GRANARY_ASSERT_OK(engine->Run(requests));
     for (const IoRequest& r : requests) ASSERT_EQ(r.result, (int64_t)r.length);
     EXPECT_EQ(out, content) << "depth " << depth;
   }
 }
 
 TEST(IoEngineTest, ConcurrentRunsFromFourThreads) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   std::vector<std::byte> content = RandomBytes(4 << 20, 6);
   WriteRawFile(path, content);
@@ -273,20 +274,20 @@ TEST(IoEngineTest, ConcurrentRunsFromFourThreads) {
 }
 
 TEST(IoEngineTest, RecordsLatencyOnlyWhenAsked) {
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("f");
   WriteRawFile(path, RandomBytes(1 << 20, 7));
   for (bool record : {false, true}) {
     auto engine = MakeEngine(4, record);
     File file = OpenOrDie(path, File::Mode::kRead, true);
     auto buffer = AlignedBuffer::Allocate(32 * 4096);
-    ASSERT_TRUE(buffer.ok());
+    GRANARY_ASSERT_OK(buffer);
     std::vector<IoRequest> requests(32);
     for (size_t i = 0; i < requests.size(); ++i) {
       requests[i] = {.fd = file.fd(), .offset = i * 4096, .buffer = buffer->data() + i * 4096,
                      .length = 4096, .latency_ns = 12345};
     }
-    ASSERT_TRUE(engine->Run(requests).ok());
+    GRANARY_ASSERT_OK(engine->Run(requests));
     for (const IoRequest& r : requests) {
       EXPECT_EQ(r.result, 4096);
       if (record) {

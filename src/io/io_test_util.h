@@ -1,16 +1,15 @@
-// Helpers shared by the src/io tests: temporary directories, random bytes, raw file access.
+// Helpers shared by the src/io tests: random bytes and raw file access. The scratch directory and
+// the Status assertions every layer uses are in core/testing/test_util.h.
 #ifndef GRANARY_IO_IO_TEST_UTIL_H_
 #define GRANARY_IO_IO_TEST_UTIL_H_
 
 #include <fcntl.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <filesystem>
 #include <random>
 #include <string>
 #include <vector>
@@ -18,32 +17,6 @@
 #include "gtest/gtest.h"
 
 namespace granary::testing {
-
-// A fresh directory under $GRANARY_TEST_TMPDIR (else /tmp), removed with its contents on
-// destruction.
-class TempDir {
- public:
-  TempDir() {
-    const char* root = std::getenv("GRANARY_TEST_TMPDIR");
-    std::string base = root != nullptr && *root != '\0' ? root : "/tmp";
-    std::filesystem::create_directories(base);
-    std::string templ = base + "/io-test-XXXXXX";
-    if (::mkdtemp(templ.data()) == nullptr) ADD_FAILURE() << "mkdtemp under " << base;
-    path_ = templ;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::string Join(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 inline std::vector<std::byte> RandomBytes(size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "core/testing/test_util.h"
 #include "gtest/gtest.h"
 #include "io/file_system.h"
 #include "io/io_test_util.h"
@@ -17,20 +18,18 @@ namespace {
 using testing::Exists;
 using testing::RandomBytes;
 using testing::ReadRawFile;
-using testing::TempDir;
+using testing::ScratchDir;
 using testing::WriteRawFile;
 
 class PosixFileSystemTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto engine = IoEngine::Create();
-    ASSERT_TRUE(engine.ok());
-    engine_ = std::move(engine).value();
+    GRANARY_ASSERT_OK_AND_ASSIGN(engine_, IoEngine::Create());
     fs_ = NewPosixFileSystem(engine_.get());
   }
   std::unique_ptr<IoEngine> engine_;
   std::unique_ptr<FileSystem> fs_;
-  TempDir dir_;
+  ScratchDir dir_;
 };
 
 TEST_F(PosixFileSystemTest, WritesAndReadsThroughTheEngine) {
@@ -38,12 +37,12 @@ TEST_F(PosixFileSystemTest, WritesAndReadsThroughTheEngine) {
   std::vector<std::byte> data = RandomBytes(100000, 1);
   for (bool direct : {false, true}) {
     auto file = fs_->Open(path, {.mode = File::Mode::kTruncate, .direct = direct});
-    ASSERT_TRUE(file.ok());
-    ASSERT_TRUE(fs_->WriteAt(*file, 0, data).ok());
-    ASSERT_TRUE(fs_->Sync(*file).ok());
+    GRANARY_ASSERT_OK(file);
+    GRANARY_ASSERT_OK(fs_->WriteAt(*file, 0, data));
+    GRANARY_ASSERT_OK(fs_->Sync(*file));
     std::vector<std::byte> out(data.size() + 10);
     auto n = fs_->ReadAt(*file, 0, out);
-    ASSERT_TRUE(n.ok());
+    GRANARY_ASSERT_OK(n);
     EXPECT_EQ(*n, data.size());
     EXPECT_TRUE(std::equal(data.begin(), data.end(), out.begin()));
 
@@ -52,27 +51,27 @@ TEST_F(PosixFileSystemTest, WritesAndReadsThroughTheEngine) {
         {.fd = file->fd(), .offset = 98304, .buffer = out.data() + 4096, .length = 4096}};
     if (direct) {
       auto aligned = AlignedBuffer::Allocate(8192);
-      ASSERT_TRUE(aligned.ok());
+      GRANARY_ASSERT_OK(aligned);
       requests[0].buffer = aligned->data();
       requests[1].buffer = aligned->data() + 4096;
-      ASSERT_TRUE(fs_->ReadMany(requests).ok());
+      GRANARY_ASSERT_OK(fs_->ReadMany(requests));
       EXPECT_EQ(std::memcmp(aligned->data(), data.data(), 4096), 0);
     } else {
-      ASSERT_TRUE(fs_->ReadMany(requests).ok());
+      GRANARY_ASSERT_OK(fs_->ReadMany(requests));
     }
     EXPECT_EQ(requests[0].result, 4096);
     EXPECT_EQ(requests[1].result, 100000 - 98304);
-    ASSERT_TRUE(fs_->Truncate(*file, 10).ok());
+    GRANARY_ASSERT_OK(fs_->Truncate(*file, 10));
     EXPECT_EQ(*file->Size(), 10u);
   }
-  EXPECT_TRUE(fs_->SyncDir(dir_.path()).ok());
+  GRANARY_EXPECT_OK(fs_->SyncDir(dir_.path()));
 }
 
 TEST_F(PosixFileSystemTest, RenameReplacesAndRenameNoReplaceRefuses) {
   std::string a = dir_.Join("a"), b = dir_.Join("b"), c = dir_.Join("c");
   WriteRawFile(a, RandomBytes(10, 1));
   WriteRawFile(b, RandomBytes(20, 2));
-  ASSERT_TRUE(fs_->Rename(a, b).ok());
+  GRANARY_ASSERT_OK(fs_->Rename(a, b));
   EXPECT_FALSE(Exists(a));
   EXPECT_EQ(ReadRawFile(b), RandomBytes(10, 1));
 
@@ -82,7 +81,7 @@ TEST_F(PosixFileSystemTest, RenameReplacesAndRenameNoReplaceRefuses) {
   EXPECT_NE(s.message().find(b), std::string::npos);
   EXPECT_EQ(ReadRawFile(a), RandomBytes(30, 3));  // both untouched
   EXPECT_EQ(ReadRawFile(b), RandomBytes(10, 1));
-  ASSERT_TRUE(fs_->RenameNoReplace(a, c).ok());
+  GRANARY_ASSERT_OK(fs_->RenameNoReplace(a, c));
   EXPECT_FALSE(Exists(a));
   EXPECT_EQ(ReadRawFile(c), RandomBytes(30, 3));
   EXPECT_EQ(fs_->Rename(dir_.Join("nope"), c).code(), StatusCode::kNotFound);
@@ -90,39 +89,39 @@ TEST_F(PosixFileSystemTest, RenameReplacesAndRenameNoReplaceRefuses) {
 
 TEST_F(PosixFileSystemTest, UnlinkDirsAndStat) {
   std::string nested = dir_.Join("x/y/z");
-  ASSERT_TRUE(fs_->CreateDirs(nested).ok());
-  ASSERT_TRUE(fs_->CreateDirs(nested + "/").ok());  // idempotent
+  GRANARY_ASSERT_OK(fs_->CreateDirs(nested));
+  GRANARY_ASSERT_OK(fs_->CreateDirs(nested + "/"));  // idempotent
   auto st = fs_->Stat(nested);
-  ASSERT_TRUE(st.ok());
+  GRANARY_ASSERT_OK(st);
   EXPECT_TRUE(st->is_directory);
   EXPECT_EQ(st->name, "z");
 
   std::string file = nested + "/f";
   WriteRawFile(file, RandomBytes(1234, 4));
   st = fs_->Stat(file);
-  ASSERT_TRUE(st.ok());
+  GRANARY_ASSERT_OK(st);
   EXPECT_FALSE(st->is_directory);
   EXPECT_EQ(st->size_bytes, 1234u);
   EXPECT_GT(st->mtime_ns, 0);
   EXPECT_FALSE(fs_->CreateDirs(file + "/sub").ok());  // a file is in the way
 
   EXPECT_EQ(fs_->RemoveDir(nested).sys_errno(), ENOTEMPTY);
-  ASSERT_TRUE(fs_->Unlink(file).ok());
+  GRANARY_ASSERT_OK(fs_->Unlink(file));
   Status s = fs_->Unlink(file);
   EXPECT_EQ(s.code(), StatusCode::kNotFound);
   EXPECT_NE(s.message().find(file), std::string::npos);
   EXPECT_EQ(fs_->Stat(file).status().code(), StatusCode::kNotFound);
-  ASSERT_TRUE(fs_->RemoveDir(nested).ok());
+  GRANARY_ASSERT_OK(fs_->RemoveDir(nested));
   EXPECT_FALSE(Exists(nested));
 }
 
 TEST_F(PosixFileSystemTest, ListDirDoesNotFollowSymlinks) {
-  ASSERT_TRUE(fs_->CreateDirs(dir_.Join("sub")).ok());
+  GRANARY_ASSERT_OK(fs_->CreateDirs(dir_.Join("sub")));
   WriteRawFile(dir_.Join("file"), RandomBytes(77, 5));
   ASSERT_EQ(::symlink(dir_.Join("sub").c_str(), dir_.Join("link").c_str()), 0);
   ASSERT_EQ(::symlink("/nonexistent", dir_.Join("dangling").c_str()), 0);
   auto entries = fs_->ListDir(dir_.path());
-  ASSERT_TRUE(entries.ok());
+  GRANARY_ASSERT_OK(entries);
   std::sort(entries->begin(), entries->end(),
             [](const DirEntry& a, const DirEntry& b) { return a.name < b.name; });
   ASSERT_EQ(entries->size(), 4u);
@@ -135,7 +134,7 @@ TEST_F(PosixFileSystemTest, ListDirDoesNotFollowSymlinks) {
   EXPECT_EQ((*entries)[3].name, "sub");
   EXPECT_TRUE((*entries)[3].is_directory);
   EXPECT_EQ(fs_->ListDir(dir_.Join("missing")).status().code(), StatusCode::kNotFound);
-  EXPECT_TRUE(fs_->Stat(dir_.Join("dangling")).ok());  // lstat
+  GRANARY_EXPECT_OK(fs_->Stat(dir_.Join("dangling")));  // lstat
 }
 
 // OpenBeneath, once through the FileSystem (openat2 on this kernel) and once through the
@@ -147,14 +146,12 @@ class OpenBeneathTest : public PosixFileSystemTest,
     PosixFileSystemTest::SetUp();
     // <dir>/root/a/b/c is the file inside; <dir>/outside and <dir>/outdir/f are outside.
     root_path_ = dir_.Join("root");
-    ASSERT_TRUE(fs_->CreateDirs(root_path_ + "/a/b").ok());
+    GRANARY_ASSERT_OK(fs_->CreateDirs(root_path_ + "/a/b"));
     WriteRawFile(root_path_ + "/a/b/c", RandomBytes(5000, 1));
     WriteRawFile(dir_.Join("outside"), RandomBytes(10, 2));
-    ASSERT_TRUE(fs_->CreateDirs(dir_.Join("outdir")).ok());
+    GRANARY_ASSERT_OK(fs_->CreateDirs(dir_.Join("outdir")));
     WriteRawFile(dir_.Join("outdir/f"), RandomBytes(10, 3));
-    auto root = fs_->OpenRoot(root_path_);
-    ASSERT_TRUE(root.ok()) << root.status().ToString();
-    root_ = std::move(root).value();
+    GRANARY_ASSERT_OK_AND_ASSIGN(root_, fs_->OpenRoot(root_path_));
   }
 
   bool walk() const { return GetParam() == BeneathResolution::kWalk; }
@@ -188,11 +185,11 @@ class OpenBeneathTest : public PosixFileSystemTest,
 TEST_P(OpenBeneathTest, OpensANestedPath) {
   for (std::string_view relative : {"a/b/c", "./a//b/c"}) {
     auto file = Open(relative);
-    ASSERT_TRUE(file.ok()) << file.status().ToString();
+    GRANARY_ASSERT_OK(file);
     EXPECT_EQ(file->path(), root_path_ + "/" + std::string(relative));
     std::vector<std::byte> out(6000);
     auto n = fs_->ReadAt(*file, 0, out);
-    ASSERT_TRUE(n.ok());
+    GRANARY_ASSERT_OK(n);
     ASSERT_EQ(*n, 5000u);
     out.resize(5000);
     EXPECT_EQ(out, RandomBytes(5000, 1));
@@ -203,7 +200,7 @@ TEST_P(OpenBeneathTest, OpensANestedPath) {
     EXPECT_NE(::fcntl(direct->fd(), F_GETFL) & O_DIRECT, 0);
     std::vector<std::byte> out(100);
     auto n = fs_->ReadAt(*direct, 10, out);
-    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    GRANARY_ASSERT_OK(n);
     EXPECT_EQ(*n, 100u);
   } else {  // a file system without O_DIRECT
     EXPECT_EQ(direct.status().sys_errno(), EINVAL) << direct.status().ToString();
@@ -218,7 +215,7 @@ TEST_P(OpenBeneathTest, RefusesDotDotThatLeavesTheRoot) {
   if (walk()) {
     ExpectRefused("a/../a/b/c");
   } else {
-    EXPECT_TRUE(Open("a/../a/b/c").ok());
+    GRANARY_EXPECT_OK(Open("a/../a/b/c"));
   }
 }
 
@@ -246,9 +243,9 @@ TEST_P(OpenBeneathTest, RefusesAbsoluteSymlinksEvenIntoTheRoot) {
 TEST_P(OpenBeneathTest, RefusesMagicLinks) {
   // /proc/self as the root: its fd/<n>, exe and root entries are magic links inside it.
   auto proc = fs_->OpenRoot("/proc/self");
-  ASSERT_TRUE(proc.ok()) << proc.status().ToString();
+  GRANARY_ASSERT_OK(proc);
   auto outside = File::Open(dir_.Join("outside"), {});
-  ASSERT_TRUE(outside.ok());
+  GRANARY_ASSERT_OK(outside);
   // fd/<n> and exe end in a magic link; root/ passes through one.
   const std::string fd_link = "fd/" + std::to_string(outside->fd());
   for (const std::string& relative : {fd_link, std::string("exe"), std::string("root/etc/passwd")}) {
@@ -269,7 +266,7 @@ TEST_P(OpenBeneathTest, SymlinkInsideTheRootIsFollowedOnlyWithOpenat2) {
       ExpectRefused(relative);
     } else {
       auto file = Open(relative);
-      ASSERT_TRUE(file.ok()) << file.status().ToString();
+      GRANARY_ASSERT_OK(file);
       EXPECT_EQ(*file->Size(), 5000u);
     }
   }
@@ -296,8 +293,8 @@ TEST_P(OpenBeneathTest, MissingDirectoriesAndSpecialFiles) {
 
 TEST_P(OpenBeneathTest, CreatesFilesBeneathTheRoot) {
   auto file = Open("a/new", {.mode = File::Mode::kCreateNew, .permissions = 0600});
-  ASSERT_TRUE(file.ok()) << file.status().ToString();
-  ASSERT_TRUE(fs_->WriteAt(*file, 0, RandomBytes(100, 4)).ok());
+  GRANARY_ASSERT_OK(file);
+  GRANARY_ASSERT_OK(fs_->WriteAt(*file, 0, RandomBytes(100, 4)));
   EXPECT_EQ(ReadRawFile(root_path_ + "/a/new"), RandomBytes(100, 4));
   struct stat st;
   ASSERT_EQ(::stat((root_path_ + "/a/new").c_str(), &st), 0);
@@ -321,17 +318,17 @@ TEST_F(PosixFileSystemTest, OpenRootNeedsAnExistingDirectory) {
   // A root reached through a symlink is fine.
   ASSERT_EQ(::symlink(dir_.path().c_str(), dir_.Join("via-link").c_str()), 0);
   auto root = fs_->OpenRoot(dir_.Join("via-link"));
-  ASSERT_TRUE(root.ok()) << root.status().ToString();
+  GRANARY_ASSERT_OK(root);
   EXPECT_EQ(root->path(), dir_.Join("via-link"));
-  EXPECT_TRUE(fs_->OpenBeneath(*root, "file", {}).ok());
+  GRANARY_EXPECT_OK(fs_->OpenBeneath(*root, "file", {}));
 }
 
 TEST_F(PosixFileSystemTest, DefaultWorks) {
   FileSystem& fs = FileSystem::Default();
   std::string path = dir_.Join("d");
   auto file = fs.Open(path, {.mode = File::Mode::kCreateNew});
-  ASSERT_TRUE(file.ok());
-  ASSERT_TRUE(fs.WriteAt(*file, 0, RandomBytes(5000, 6)).ok());
+  GRANARY_ASSERT_OK(file);
+  GRANARY_ASSERT_OK(fs.WriteAt(*file, 0, RandomBytes(5000, 6)));
   EXPECT_EQ(ReadRawFile(path), RandomBytes(5000, 6));
 }
 

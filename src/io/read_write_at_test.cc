@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "granary/io.h"
 #include "gtest/gtest.h"
 #include "io/io_test_util.h"
@@ -12,20 +13,20 @@ namespace {
 
 using testing::RandomBytes;
 using testing::ReadRawFile;
-using testing::TempDir;
+using testing::ScratchDir;
 using testing::WriteRawFile;
 
 constexpr size_t kContentBytes = 64 * 1024 + 1000;  // ends mid-block
 
 std::unique_ptr<IoEngine> MakeEngine() {
   auto engine = IoEngine::Create({.queue_depth = 8});
-  EXPECT_TRUE(engine.ok());
+  GRANARY_EXPECT_OK(engine);
   return std::move(engine).value();
 }
 
 File OpenOrDie(const std::string& path, File::Mode mode, bool direct) {
   Result<File> file = File::Open(path, {.mode = mode, .direct = direct});
-  EXPECT_TRUE(file.ok()) << file.status().ToString();
+  GRANARY_EXPECT_OK(file);
   return std::move(file).value();
 }
 
@@ -33,14 +34,14 @@ class ReadWriteAtTest : public ::testing::TestWithParam<bool> {};
 
 TEST_P(ReadWriteAtTest, ReadAtAnyRangeIntoAnyAddress) {
   const bool direct = GetParam();
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("content");
   std::vector<std::byte> content = RandomBytes(kContentBytes, 11);
   WriteRawFile(path, content);
   auto engine = MakeEngine();
   File file = OpenOrDie(path, File::Mode::kRead, direct);
   auto backing = AlignedBuffer::Allocate(4 * 4096 + 32 * 1024);
-  ASSERT_TRUE(backing.ok());
+  GRANARY_ASSERT_OK(backing);
 
   const uint64_t offsets[] = {0, 1, 511, 4095, 4096, 4097, 8191, 12000, 61440,
                               kContentBytes - 10, kContentBytes, kContentBytes + 5000};
@@ -53,7 +54,7 @@ TEST_P(ReadWriteAtTest, ReadAtAnyRangeIntoAnyAddress) {
           std::byte* dest = backing->data() + shift;
           std::memset(backing->data(), 0xEE, backing->size());
           Result<size_t> n = engine->ReadAt(file, offset, {dest, length}, chunk);
-          ASSERT_TRUE(n.ok()) << n.status().ToString();
+          GRANARY_ASSERT_OK(n);
           size_t expected = offset >= kContentBytes
                                 ? 0
                                 : std::min<size_t>(length, kContentBytes - offset);
@@ -71,10 +72,10 @@ TEST_P(ReadWriteAtTest, ReadAtAnyRangeIntoAnyAddress) {
 
 TEST_P(ReadWriteAtTest, WriteAtOverEmptyAndExistingFiles) {
   const bool direct = GetParam();
-  TempDir dir;
+  ScratchDir dir;
   auto engine = MakeEngine();
   auto backing = AlignedBuffer::Allocate(32 * 1024);
-  ASSERT_TRUE(backing.ok());
+  GRANARY_ASSERT_OK(backing);
   std::vector<std::byte> data = RandomBytes(20000, 12);
   std::vector<std::byte> old = RandomBytes(kContentBytes, 13);
 
@@ -99,10 +100,10 @@ TEST_P(ReadWriteAtTest, WriteAtOverEmptyAndExistingFiles) {
             EXPECT_NE(s.message().find(path), std::string::npos) << s.message();
             continue;
           }
-          ASSERT_TRUE(s.ok()) << s.ToString();
+          GRANARY_ASSERT_OK(s);
           if (model.size() < offset + length) model.resize(offset + length);
           std::memcpy(model.data() + offset, data.data(), length);
-          ASSERT_TRUE(file.Close().ok());
+          GRANARY_ASSERT_OK(file.Close());
           ASSERT_EQ(ReadRawFile(path), model);
         }
       }
@@ -112,37 +113,37 @@ TEST_P(ReadWriteAtTest, WriteAtOverEmptyAndExistingFiles) {
 
 TEST_P(ReadWriteAtTest, LargeUnalignedTransfersUseSeveralBounceRounds) {
   const bool direct = GetParam();
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("big");
   const size_t size = (20u << 20) + 777;  // more than one 16 MiB bounce round
   std::vector<std::byte> content = RandomBytes(size, 14);
   auto engine = MakeEngine();
   auto backing = AlignedBuffer::Allocate(size + 4096);
-  ASSERT_TRUE(backing.ok());
+  GRANARY_ASSERT_OK(backing);
   std::byte* unaligned = backing->data() + 3;
   std::memcpy(unaligned, content.data(), size);
   {
     File file = OpenOrDie(path, File::Mode::kTruncate, direct);
-    ASSERT_TRUE(engine->WriteAt(file, 0, {unaligned, size}).ok());
+    GRANARY_ASSERT_OK(engine->WriteAt(file, 0, {unaligned, size}));
   }
   ASSERT_EQ(ReadRawFile(path), content);
   std::memset(backing->data(), 0, backing->size());
   File file = OpenOrDie(path, File::Mode::kRead, direct);
   Result<size_t> n = engine->ReadAt(file, 0, {unaligned, size + 100});
-  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  GRANARY_ASSERT_OK(n);
   EXPECT_EQ(*n, size);
   EXPECT_EQ(std::memcmp(unaligned, content.data(), size), 0);
 }
 
 TEST_P(ReadWriteAtTest, ErrorsNameTheFile) {
   const bool direct = GetParam();
-  TempDir dir;
+  ScratchDir dir;
   std::string path = dir.Join("ro");
   WriteRawFile(path, RandomBytes(8192, 15));
   auto engine = MakeEngine();
   File file = OpenOrDie(path, File::Mode::kRead, direct);
   auto buffer = AlignedBuffer::Allocate(8192);
-  ASSERT_TRUE(buffer.ok());
+  GRANARY_ASSERT_OK(buffer);
   Status s = engine->WriteAt(file, 4096, {buffer->data(), 4096});
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find(path), std::string::npos) << s.message();

@@ -5,7 +5,7 @@
 
 #include <string>
 
-#include "store/testing/test_util.h"
+#include "core/testing/test_util.h"
 
 namespace granary {
 namespace {
@@ -13,9 +13,9 @@ namespace {
 TEST(ValidateKeyTest, AcceptsOrdinaryKeys) {
   for (const char* key : {"a", "runs/exp1/step-100/rank0.bin", "a.b/c-d/e_f", "x/.hidden",
                           "a/..b", "a/b.", "...", "granary/.granar"}) {
-    EXPECT_TRUE(ValidateKey(key).ok()) << key << ": " << ValidateKey(key).ToString();
+    GRANARY_EXPECT_OK(ValidateKey(key)) << key;
   }
-  EXPECT_TRUE(ValidateKey(std::string(1024, 'k')).ok());
+  GRANARY_EXPECT_OK(ValidateKey(std::string(1024, 'k')));
 }
 
 TEST(ValidateKeyTest, RejectsBadKeysNamingThem) {
@@ -34,8 +34,8 @@ TEST(ValidateKeyTest, RejectsBadKeysNamingThem) {
 }
 
 TEST(OptionsTest, Validate) {
-  EXPECT_TRUE(WriterOptions().Validate().ok());
-  EXPECT_TRUE(StoreOptions().Validate().ok());
+  GRANARY_EXPECT_OK(WriterOptions().Validate());
+  GRANARY_EXPECT_OK(StoreOptions().Validate());
   WriterOptions writer;
   writer.part_bytes = 0;
   EXPECT_EQ(writer.Validate().code(), StatusCode::kInvalidArgument);
@@ -53,7 +53,7 @@ TEST(OpenStoreTest, MemoryUrlsShareDataByName) {
   Result<std::unique_ptr<ObjectStore>> other = OpenStore("mem://open-store-test-other");
   ASSERT_TRUE(a.ok() && b.ok() && other.ok());
   EXPECT_EQ((*a)->url(), "mem://open-store-test");
-  ASSERT_TRUE((*a)->Put("k", "v").ok());
+  GRANARY_ASSERT_OK((*a)->Put("k", "v"));
   EXPECT_EQ((*b)->GetAll("k").value_or(""), "v");
   EXPECT_EQ((*other)->Stat("k").status().code(), StatusCode::kNotFound);
   a->reset();
@@ -65,11 +65,11 @@ TEST(OpenStoreTest, MemoryUrlsShareDataByName) {
 TEST(OpenStoreTest, FileUrlsAndPlainPaths) {
   testing::ScratchDir dir("openstore");
   Result<std::unique_ptr<ObjectStore>> a = OpenStore("file://" + dir.Join("s"));
-  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  GRANARY_ASSERT_OK(a);
   EXPECT_EQ((*a)->url(), "file://" + dir.Join("s"));
-  ASSERT_TRUE((*a)->Put("x/y", "data").ok());
+  GRANARY_ASSERT_OK((*a)->Put("x/y", "data"));
   Result<std::unique_ptr<ObjectStore>> b = OpenStore(dir.Join("s/"));
-  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  GRANARY_ASSERT_OK(b);
   EXPECT_EQ((*b)->GetAll("x/y").value_or(""), "data");
 
   StoreOptions no_create;

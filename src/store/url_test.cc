@@ -6,6 +6,8 @@
 #include <climits>
 #include <string>
 
+#include "core/testing/test_util.h"
+
 namespace granary {
 namespace {
 
@@ -16,7 +18,7 @@ std::string Cwd() {
 
 TEST(StoreUrlTest, ParsesFileUrls) {
   Result<StoreUrl> url = ParseStoreUrl("file:///data/x");
-  ASSERT_TRUE(url.ok()) << url.status().ToString();
+  GRANARY_ASSERT_OK(url);
   EXPECT_EQ(url->scheme, UrlScheme::kFile);
   EXPECT_EQ(url->location, "/data/x");
   EXPECT_EQ(url->ToString(), "file:///data/x");
@@ -33,11 +35,11 @@ TEST(StoreUrlTest, PlainPathsBecomeAbsolute) {
 
 TEST(StoreUrlTest, ParsesMemAndS3) {
   Result<StoreUrl> mem = ParseStoreUrl("mem://scratch");
-  ASSERT_TRUE(mem.ok());
+  GRANARY_ASSERT_OK(mem);
   EXPECT_EQ(mem->scheme, UrlScheme::kMemory);
   EXPECT_EQ(mem->location, "scratch");
   Result<StoreUrl> s3 = ParseStoreUrl("s3://bucket/runs/exp1?region=us-east-1&endpoint=x");
-  ASSERT_TRUE(s3.ok()) << s3.status().ToString();
+  GRANARY_ASSERT_OK(s3);
   EXPECT_EQ(s3->scheme, UrlScheme::kS3);
   EXPECT_EQ(s3->location, "bucket");
   EXPECT_EQ(s3->path, "runs/exp1");

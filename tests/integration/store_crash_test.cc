@@ -16,10 +16,10 @@
 #include <string>
 #include <thread>
 
+#include "core/testing/test_util.h"
 #include "crash_payload.h"
 #include "granary/store.h"
 #include "store/local/local_store.h"
-#include "store/testing/test_util.h"
 
 namespace granary {
 namespace {
@@ -56,8 +56,8 @@ TEST(StoreCrashTest, KilledWriterLeavesOneCompleteValue) {
   const std::string key = "ckpt/latest.bin";
   {
     Result<std::unique_ptr<ObjectStore>> store = NewLocalStore(root, StoreOptions{});
-    ASSERT_TRUE(store.ok()) << store.status().ToString();
-    ASSERT_TRUE((*store)->Put(key, testing::MakeCrashPayload(0, 5000)).ok());
+    GRANARY_ASSERT_OK(store);
+    GRANARY_ASSERT_OK((*store)->Put(key, testing::MakeCrashPayload(0, 5000)));
   }
   std::mt19937 rng(std::random_device{}());
   int rounds_with_leftovers = 0;
@@ -102,16 +102,16 @@ TEST(StoreCrashTest, KilledWriterLeavesOneCompleteValue) {
     if (leftovers() > 0) ++rounds_with_leftovers;
 
     Result<std::unique_ptr<ObjectStore>> store = NewLocalStore(root, StoreOptions{});
-    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    GRANARY_ASSERT_OK(store);
     EXPECT_EQ(leftovers(), 0) << "temp files of dead pid " << child.pid << " survived the open";
     Result<std::string> value = (*store)->GetAll(key);
-    ASSERT_TRUE(value.ok()) << value.status().ToString();
+    GRANARY_ASSERT_OK(value);
     std::string why;
     ASSERT_TRUE(testing::CheckCrashPayload(*value, &why)) << why;
     EXPECT_GE(SequenceOf(*value), last_committed);
     EXPECT_LT(SequenceOf(*value), first_sequence + 1000000);
     Result<std::vector<ObjectInfo>> all = (*store)->List("");
-    ASSERT_TRUE(all.ok()) << all.status().ToString();
+    GRANARY_ASSERT_OK(all);
     ASSERT_EQ(all->size(), 1u);
     EXPECT_EQ((*all)[0].key, key);
     EXPECT_EQ((*all)[0].size_bytes, value->size());

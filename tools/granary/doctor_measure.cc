@@ -70,13 +70,17 @@ Status CheckResults(std::span<const IoRequest> requests, const std::string& path
   return Status::OK();
 }
 
-Status DirectOpenContext(Status s, const std::string& path) {
-  if (s.code() == StatusCode::kInvalidArgument) {
-    return InvalidArgumentError("cannot open " + path +
-                                " with O_DIRECT: the file system does not support it (older "
-                                "tmpfs does not); choose a directory on a disk");
-  }
-  return s;
+// Opens the test file with O_DIRECT; a file system without O_DIRECT support gets an error that
+// says so instead of a bare EINVAL.
+Result<File> OpenDirect(const std::string& path, File::Mode mode) {
+  File::OpenOptions options;
+  options.mode = mode;
+  options.direct = true;
+  Result<File> file = File::Open(path, options);
+  if (file.ok() || file.status().code() != StatusCode::kInvalidArgument) return file;
+  return InvalidArgumentError("cannot open " + path +
+                              " with O_DIRECT: the file system does not support it (older "
+                              "tmpfs does not); choose a directory on a disk");
 }
 
 // Buffers a point cycles through: 2 x QD blocks, like fio's iodepth buffers. Requests are handed
@@ -87,6 +91,22 @@ size_t BufferSlots(const Point& point) {
   return std::min<size_t>(kArenaBytes / point.block_bytes, 2 * size_t{point.queue_depth});
 }
 
+// One request per block of a `file_bytes` file, front to back, cycling through BufferSlots.
+std::vector<IoRequest> SequentialRequests(const Point& point, IoOpcode opcode, int fd,
+                                          uint64_t file_bytes, std::byte* arena) {
+  const size_t slots = BufferSlots(point);
+  std::vector<IoRequest> requests(file_bytes / point.block_bytes);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    IoRequest& r = requests[i];
+    r.opcode = opcode;
+    r.fd = fd;
+    r.offset = i * point.block_bytes;
+    r.buffer = arena + (i % slots) * point.block_bytes;
+    r.length = point.block_bytes;
+  }
+  return requests;
+}
+
 Measurement BaseMeasurement(const Point& point, std::string_view engine) {
   Measurement m;
   m.point = point.id;
@@ -94,6 +114,19 @@ Measurement BaseMeasurement(const Point& point, std::string_view engine) {
   m.block_bytes = point.block_bytes;
   m.queue_depth = point.queue_depth;
   return m;
+}
+
+// The single MiB/s figure of a point that moved `bytes` in `ops` operations in `seconds`.
+std::vector<Measurement> Bandwidth(const Point& point, std::string_view engine, uint64_t bytes,
+                                   uint64_t ops, double seconds) {
+  Measurement m = BaseMeasurement(point, engine);
+  m.metric = "bandwidth";
+  m.unit = "MiB/s";
+  m.bytes = bytes;
+  m.ops = ops;
+  m.seconds = seconds;
+  m.value = MiBPerSecond(bytes, seconds);
+  return {m};
 }
 
 }  // namespace
@@ -230,12 +263,7 @@ Result<std::vector<Measurement>> Doctor::Run(const Point& point) {
 // then write it front to back with queue_depth in flight and fsync; the fsync is timed.
 Result<std::vector<Measurement>> Doctor::SeqWrite(const Point& point, bool report) {
   GRANARY_RETURN_IF_ERROR(RemoveFile());
-  File::OpenOptions open_options;
-  open_options.mode = File::Mode::kCreateNew;
-  open_options.direct = true;
-  Result<File> opened = File::Open(path_, open_options);
-  if (!opened.ok()) return DirectOpenContext(opened.status(), path_);
-  File file = std::move(opened).value();
+  GRANARY_ASSIGN_OR_RETURN(File file, OpenDirect(path_, File::Mode::kCreateNew));
   const uint64_t size = options_.file_bytes;
   if (::fallocate(file.fd(), 0, 0, static_cast<off_t>(size)) != 0) {
     const int err = errno;
@@ -248,16 +276,8 @@ Result<std::vector<Measurement>> Doctor::SeqWrite(const Point& point, bool repor
   }
   GRANARY_ASSIGN_OR_RETURN(auto engine, MakeEngine(point.queue_depth, false));
 
-  const size_t slots = BufferSlots(point);
-  std::vector<IoRequest> requests(size / point.block_bytes);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    IoRequest& r = requests[i];
-    r.opcode = IoOpcode::kWrite;
-    r.fd = file.fd();
-    r.offset = i * point.block_bytes;
-    r.buffer = arena_.data() + (i % slots) * point.block_bytes;
-    r.length = point.block_bytes;
-  }
+  std::vector<IoRequest> requests =
+      SequentialRequests(point, IoOpcode::kWrite, file.fd(), size, arena_.data());
   Stopwatch watch;
   GRANARY_RETURN_IF_ERROR(engine->Run(requests).WithContext("write " + path_));
   GRANARY_RETURN_IF_ERROR(CheckResults(requests, path_));
@@ -266,51 +286,23 @@ Result<std::vector<Measurement>> Doctor::SeqWrite(const Point& point, bool repor
   GRANARY_RETURN_IF_ERROR(file.Close());
   laid_out_ = true;
   if (!report) return std::vector<Measurement>{};
-
-  Measurement m = BaseMeasurement(point, engine->name());
-  m.metric = "bandwidth";
-  m.unit = "MiB/s";
-  m.bytes = size;
-  m.ops = requests.size();
-  m.seconds = seconds;
-  m.value = MiBPerSecond(size, seconds);
-  return std::vector<Measurement>{m};
+  return Bandwidth(point, engine->name(), size, requests.size(), seconds);
 }
 
 // Like fio --rw=read: the whole file once, front to back.
 Result<std::vector<Measurement>> Doctor::SeqRead(const Point& point) {
   GRANARY_RETURN_IF_ERROR(EnsureLaidOut());
-  File::OpenOptions open_options;
-  open_options.direct = true;
-  Result<File> opened = File::Open(path_, open_options);
-  if (!opened.ok()) return DirectOpenContext(opened.status(), path_);
-  File file = std::move(opened).value();
+  GRANARY_ASSIGN_OR_RETURN(File file, OpenDirect(path_, File::Mode::kRead));
   GRANARY_ASSIGN_OR_RETURN(auto engine, MakeEngine(point.queue_depth, false));
 
   const uint64_t size = options_.file_bytes;
-  const size_t slots = BufferSlots(point);
-  std::vector<IoRequest> requests(size / point.block_bytes);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    IoRequest& r = requests[i];
-    r.opcode = IoOpcode::kRead;
-    r.fd = file.fd();
-    r.offset = i * point.block_bytes;
-    r.buffer = arena_.data() + (i % slots) * point.block_bytes;
-    r.length = point.block_bytes;
-  }
+  std::vector<IoRequest> requests =
+      SequentialRequests(point, IoOpcode::kRead, file.fd(), size, arena_.data());
   Stopwatch watch;
   GRANARY_RETURN_IF_ERROR(engine->Run(requests).WithContext("read " + path_));
   const double seconds = watch.ElapsedSeconds();
   GRANARY_RETURN_IF_ERROR(CheckResults(requests, path_));
-
-  Measurement m = BaseMeasurement(point, engine->name());
-  m.metric = "bandwidth";
-  m.unit = "MiB/s";
-  m.bytes = size;
-  m.ops = requests.size();
-  m.seconds = seconds;
-  m.value = MiBPerSecond(size, seconds);
-  return std::vector<Measurement>{m};
+  return Bandwidth(point, engine->name(), size, requests.size(), seconds);
 }
 
 // Like fio --rw=randread --time_based: block-aligned uniformly random offsets over the whole
@@ -318,11 +310,7 @@ Result<std::vector<Measurement>> Doctor::SeqRead(const Point& point) {
 // lasts ~100 ms so the queue rarely drains.
 Result<std::vector<Measurement>> Doctor::RandRead(const Point& point) {
   GRANARY_RETURN_IF_ERROR(EnsureLaidOut());
-  File::OpenOptions open_options;
-  open_options.direct = true;
-  Result<File> opened = File::Open(path_, open_options);
-  if (!opened.ok()) return DirectOpenContext(opened.status(), path_);
-  File file = std::move(opened).value();
+  GRANARY_ASSIGN_OR_RETURN(File file, OpenDirect(path_, File::Mode::kRead));
   GRANARY_ASSIGN_OR_RETURN(auto engine, MakeEngine(point.queue_depth, true));
 
   const uint64_t blocks = options_.file_bytes / point.block_bytes;
@@ -408,16 +396,7 @@ Result<std::vector<Measurement>> Doctor::Memcpy(const Point& point) {
     if (point.kind == PointKind::kMemcpyFresh) ::munmap(target, size);
   }
   std::sort(seconds.begin(), seconds.end());
-  const double median = seconds[seconds.size() / 2];
-
-  Measurement m = BaseMeasurement(point, "cpu");
-  m.metric = "bandwidth";
-  m.unit = "MiB/s";
-  m.bytes = size;
-  m.ops = 1;
-  m.seconds = median;
-  m.value = MiBPerSecond(size, median);
-  return std::vector<Measurement>{m};
+  return Bandwidth(point, "cpu", size, /*ops=*/1, seconds[seconds.size() / 2]);  // the median
 }
 
 }  // namespace granary::doctor

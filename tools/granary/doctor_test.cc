@@ -1,7 +1,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -10,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/testing/test_util.h"
 #include "doctor.h"
 #include "doctor_measure.h"
 
@@ -18,24 +18,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("GRANARY_TEST_TMPDIR");
-    fs::path root = base && *base ? fs::path(base) : fs::temp_directory_path();
-    fs::create_directories(root);
-    std::string pattern = (root / "doctor_test.XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data()) ? pattern : std::string();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using ::granary::testing::ScratchDir;
 
 Result<DoctorArgs> Parse(std::vector<std::string> words) {
   words.insert(words.begin(), "doctor");
@@ -59,14 +42,14 @@ size_t CountEntries(const std::string& dir) {
 
 TEST(DoctorArgsTest, DefaultsAndFlags) {
   Result<DoctorArgs> a = Parse({});
-  ASSERT_TRUE(a.ok());
+  GRANARY_ASSERT_OK(a);
   EXPECT_EQ(a->dir, ".");
   EXPECT_FALSE(a->json);
   EXPECT_EQ(a->size_mib, 0u);
 
   a = Parse({"/tmp/x", "--json", "--quick", "--size-mib", "64", "--runtime-s=0.5",
              "--only", "seqread,randread-4k", "--keep-file", "--engine", "psync"});
-  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  GRANARY_ASSERT_OK(a);
   EXPECT_EQ(a->dir, "/tmp/x");
   EXPECT_TRUE(a->json);
   EXPECT_TRUE(a->quick);
@@ -126,16 +109,16 @@ MeasureOptions SmallOptions(const std::string& dir) {
 }
 
 TEST(DoctorTest, EveryPointReportsPositiveNumbersAndTheFileIsRemoved) {
-  TempDir dir;
+  ScratchDir dir("doctor");
   ASSERT_FALSE(dir.path().empty());
   std::string file;
   {
     Result<std::unique_ptr<Doctor>> doctor = Doctor::Create(SmallOptions(dir.path()));
-    ASSERT_TRUE(doctor.ok()) << doctor.status().ToString();
+    GRANARY_ASSERT_OK(doctor);
     file = (*doctor)->file_path();
     for (const Point& p : StandardPoints()) {
       Result<std::vector<Measurement>> r = (*doctor)->Run(p);
-      ASSERT_TRUE(r.ok()) << p.id << ": " << r.status().ToString();
+      GRANARY_ASSERT_OK(r) << p.id;
       ASSERT_EQ(r->size(), p.kind == PointKind::kRandRead ? 3u : 1u) << p.id;
       for (const Measurement& m : *r) {
         EXPECT_EQ(m.point, p.id);
@@ -158,25 +141,25 @@ TEST(DoctorTest, EveryPointReportsPositiveNumbersAndTheFileIsRemoved) {
 }
 
 TEST(DoctorTest, ReadsLayOutTheFileFirstAndKeepFileKeepsIt) {
-  TempDir dir;
+  ScratchDir dir("doctor");
   MeasureOptions o = SmallOptions(dir.path());
   o.keep_file = true;
   std::string file;
   {
     Result<std::unique_ptr<Doctor>> doctor = Doctor::Create(o);
-    ASSERT_TRUE(doctor.ok());
+    GRANARY_ASSERT_OK(doctor);
     file = (*doctor)->file_path();
     const Point& read = StandardPoints()[2];
     ASSERT_EQ(read.kind, PointKind::kSeqRead);
     Result<std::vector<Measurement>> r = (*doctor)->Run(read);
-    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    GRANARY_ASSERT_OK(r);
   }
   ASSERT_TRUE(fs::exists(file));
   EXPECT_EQ(fs::file_size(file), 8u << 20);
 }
 
 TEST(DoctorTest, RunDoctorReportsAndCleansUp) {
-  TempDir dir;
+  ScratchDir dir("doctor");
   const std::string sub = dir.path() + "/made/by/doctor";
   EXPECT_EQ(RunCli({sub, "--json", "--size-mib", "8", "--runtime-s", "0.05", "--only",
                  "seqwrite-1m,randread-4k-qd1"}),
@@ -186,7 +169,7 @@ TEST(DoctorTest, RunDoctorReportsAndCleansUp) {
 }
 
 TEST(DoctorTest, UnusableDirectoryFailsWithExitCodeOne) {
-  TempDir dir;
+  ScratchDir dir("doctor");
   const std::string plain = dir.path() + "/plain";
   std::ofstream(plain) << "x";
   EXPECT_EQ(RunCli({plain, "--size-mib", "8"}), 1);

@@ -59,7 +59,7 @@ bool HasFlag(const ParsedArgs& args, std::string_view a, std::string_view b = {}
 }
 
 // The first flag not in `known`, or "" if all are known.
-std::string UnknownFlag(const ParsedArgs& args, std::vector<std::string_view> known) {
+std::string UnknownFlag(const ParsedArgs& args, const std::vector<std::string_view>& known) {
   for (const std::string& f : args.flags) {
     if (std::find(known.begin(), known.end(), f) == known.end()) return f;
   }
@@ -129,20 +129,37 @@ Result<size_t> ReadFull(int fd, std::span<std::byte> dest, std::string_view what
   return total;
 }
 
-// Checks flags against `known_flags` and the positional argument count; on a mismatch prints
-// the usage error, stores its exit code and returns false.
-bool ExpectArgs(const ParsedArgs& args, std::string_view command, size_t min, size_t max,
-                std::vector<std::string_view> known_flags, int* exit_code) {
-  if (std::string flag = UnknownFlag(args, std::move(known_flags)); !flag.empty()) {
-    *exit_code = UsageError(command, "unknown option '" + flag + "'");
+// What a store command accepts, for StartCommand.
+struct CommandSpec {
+  std::string_view name;  // "ls"
+  const char* usage;      // printed for -h/--help
+  size_t min_args;        // positional arguments, STORE included
+  size_t max_args;
+  std::vector<std::string_view> flags = {};
+};
+
+// The start every store command shares: prints spec.usage for -h/--help, else parses argv into
+// *args and checks it against `spec`. False, with *exit_code set, when the command is already
+// done (help printed, or a usage error printed).
+bool StartCommand(const CommandSpec& spec, int argc, char** argv, ParsedArgs* args,
+                  int* exit_code) {
+  *exit_code = kExitOk;
+  if (WantsHelp(argc, argv)) {
+    std::fputs(spec.usage, stdout);
     return false;
   }
-  if (args.positional.size() < min) {
-    *exit_code = UsageError(command, args.positional.empty() ? "missing STORE" : "missing KEY");
+  *args = ParseArgs(argc, argv);
+  if (std::string flag = UnknownFlag(*args, spec.flags); !flag.empty()) {
+    *exit_code = UsageError(spec.name, "unknown option '" + flag + "'");
     return false;
   }
-  if (args.positional.size() > max) {
-    *exit_code = UsageError(command, "unexpected argument '" + args.positional[max] + "'");
+  const std::vector<std::string>& positional = args->positional;
+  if (positional.size() < spec.min_args) {
+    *exit_code = UsageError(spec.name, positional.empty() ? "missing STORE" : "missing KEY");
+    return false;
+  }
+  if (positional.size() > spec.max_args) {
+    *exit_code = UsageError(spec.name, "unexpected argument '" + positional[spec.max_args] + "'");
     return false;
   }
   return true;
@@ -159,18 +176,20 @@ Result<std::unique_ptr<ObjectStore>> OpenExisting(const std::string& url) {
 }  // namespace
 
 int RunLs(int argc, char** argv) {
-  if (WantsHelp(argc, argv)) {
-    std::printf(
-        "usage: granary ls STORE [PREFIX] [-l|--long]\n"
-        "\n"
-        "Lists the keys of STORE that start with PREFIX (a plain string prefix: \"runs/\" or\n"
-        "\"runs/ex\"), one per line, sorted. With --long each line is SIZE_BYTES MTIME KEY.\n"
-        "STORE: file:///abs/dir, a directory path, or mem://name.\n");
-    return kExitOk;
-  }
-  ParsedArgs args = ParseArgs(argc, argv);
-  int exit_code = kExitOk;
-  if (!ExpectArgs(args, "ls", 1, 2, {"-l", "--long"}, &exit_code)) return exit_code;
+  static const CommandSpec kSpec{
+      .name = "ls",
+      .usage =
+          "usage: granary ls STORE [PREFIX] [-l|--long]\n"
+          "\n"
+          "Lists the keys of STORE that start with PREFIX (a plain string prefix: \"runs/\" or\n"
+          "\"runs/ex\"), one per line, sorted. With --long each line is SIZE_BYTES MTIME KEY.\n"
+          "STORE: file:///abs/dir, a directory path, or mem://name.\n",
+      .min_args = 1,
+      .max_args = 2,
+      .flags = {"-l", "--long"},
+  };
+  ParsedArgs args;
+  if (int exit_code; !StartCommand(kSpec, argc, argv, &args, &exit_code)) return exit_code;
   const std::string& url = args.positional[0];
   const std::string prefix = args.positional.size() > 1 ? args.positional[1] : "";
   const bool long_format = HasFlag(args, "-l", "--long");
@@ -197,16 +216,17 @@ int RunLs(int argc, char** argv) {
 }
 
 int RunStat(int argc, char** argv) {
-  if (WantsHelp(argc, argv)) {
-    std::printf(
-        "usage: granary stat STORE KEY\n"
-        "\n"
-        "Prints the key, size in bytes and modification time (UTC) of one object.\n");
-    return kExitOk;
-  }
-  ParsedArgs args = ParseArgs(argc, argv);
-  int exit_code = kExitOk;
-  if (!ExpectArgs(args, "stat", 2, 2, {}, &exit_code)) return exit_code;
+  static const CommandSpec kSpec{
+      .name = "stat",
+      .usage =
+          "usage: granary stat STORE KEY\n"
+          "\n"
+          "Prints the key, size in bytes and modification time (UTC) of one object.\n",
+      .min_args = 2,
+      .max_args = 2,
+  };
+  ParsedArgs args;
+  if (int exit_code; !StartCommand(kSpec, argc, argv, &args, &exit_code)) return exit_code;
   const std::string& url = args.positional[0];
   const std::string& key = args.positional[1];
   Result<std::unique_ptr<ObjectStore>> store = OpenExisting(url);
@@ -219,17 +239,18 @@ int RunStat(int argc, char** argv) {
 }
 
 int RunCat(int argc, char** argv) {
-  if (WantsHelp(argc, argv)) {
-    std::printf(
-        "usage: granary cat STORE KEY\n"
-        "\n"
-        "Writes the object KEY of STORE to stdout, streaming it in 8 MiB reads, so objects of\n"
-        "any size work. Example: granary cat /data/store runs/a.bin > a.bin\n");
-    return kExitOk;
-  }
-  ParsedArgs args = ParseArgs(argc, argv);
-  int exit_code = kExitOk;
-  if (!ExpectArgs(args, "cat", 2, 2, {}, &exit_code)) return exit_code;
+  static const CommandSpec kSpec{
+      .name = "cat",
+      .usage =
+          "usage: granary cat STORE KEY\n"
+          "\n"
+          "Writes the object KEY of STORE to stdout, streaming it in 8 MiB reads, so objects of\n"
+          "any size work. Example: granary cat /data/store runs/a.bin > a.bin\n",
+      .min_args = 2,
+      .max_args = 2,
+  };
+  ParsedArgs args;
+  if (int exit_code; !StartCommand(kSpec, argc, argv, &args, &exit_code)) return exit_code;
   const std::string& url = args.positional[0];
   const std::string& key = args.positional[1];
   const std::string context = Context("cat", url, key);
@@ -247,19 +268,20 @@ int RunCat(int argc, char** argv) {
 }
 
 int RunPut(int argc, char** argv) {
-  if (WantsHelp(argc, argv)) {
-    std::printf(
-        "usage: granary put STORE KEY [FILE|-]\n"
-        "\n"
-        "Stores FILE (or stdin when FILE is '-' or absent) as the object KEY of STORE,\n"
-        "replacing any previous object atomically. Input is streamed in 8 MiB parts, so\n"
-        "inputs of any size work; the object becomes visible only once all of it is durable.\n"
-        "Example: granary put file:///data/store runs/a.bin ./a.bin\n");
-    return kExitOk;
-  }
-  ParsedArgs args = ParseArgs(argc, argv);
-  int exit_code = kExitOk;
-  if (!ExpectArgs(args, "put", 2, 3, {}, &exit_code)) return exit_code;
+  static const CommandSpec kSpec{
+      .name = "put",
+      .usage =
+          "usage: granary put STORE KEY [FILE|-]\n"
+          "\n"
+          "Stores FILE (or stdin when FILE is '-' or absent) as the object KEY of STORE,\n"
+          "replacing any previous object atomically. Input is streamed in 8 MiB parts, so\n"
+          "inputs of any size work; the object becomes visible only once all of it is durable.\n"
+          "Example: granary put file:///data/store runs/a.bin ./a.bin\n",
+      .min_args = 2,
+      .max_args = 3,
+  };
+  ParsedArgs args;
+  if (int exit_code; !StartCommand(kSpec, argc, argv, &args, &exit_code)) return exit_code;
   const std::string& url = args.positional[0];
   const std::string& key = args.positional[1];
   const std::string path = args.positional.size() > 2 ? args.positional[2] : "-";
@@ -304,17 +326,18 @@ int RunPut(int argc, char** argv) {
 }
 
 int RunRm(int argc, char** argv) {
-  if (WantsHelp(argc, argv)) {
-    std::printf(
-        "usage: granary rm STORE KEY [KEY...]\n"
-        "\n"
-        "Deletes the objects KEY... of STORE, stopping at the first that fails (a missing\n"
-        "key is an error).\n");
-    return kExitOk;
-  }
-  ParsedArgs args = ParseArgs(argc, argv);
-  int exit_code = kExitOk;
-  if (!ExpectArgs(args, "rm", 2, static_cast<size_t>(-1), {}, &exit_code)) return exit_code;
+  static const CommandSpec kSpec{
+      .name = "rm",
+      .usage =
+          "usage: granary rm STORE KEY [KEY...]\n"
+          "\n"
+          "Deletes the objects KEY... of STORE, stopping at the first that fails (a missing\n"
+          "key is an error).\n",
+      .min_args = 2,
+      .max_args = static_cast<size_t>(-1),
+  };
+  ParsedArgs args;
+  if (int exit_code; !StartCommand(kSpec, argc, argv, &args, &exit_code)) return exit_code;
   const std::string& url = args.positional[0];
   Result<std::unique_ptr<ObjectStore>> store = OpenExisting(url);
   if (!store.ok()) return Fail(Context("rm", url), store.status());

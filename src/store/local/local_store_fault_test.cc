@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "io/fault_injection.h"
 #include "io/file_system.h"
 #include "store/local/local_store.h"
@@ -20,21 +21,13 @@ using testing::AsWritableBytes;
 using testing::Payload;
 using testing::ScratchDir;
 
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const ::granary::Status assert_ok_ = (expr);           \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_.ToString(); \
-  } while (0)
-
 class LocalStoreFaultTest : public ::testing::Test {
  protected:
   void SetUp() override { Reopen(); }
 
   void Reopen() {
     store_.reset();
-    Result<std::unique_ptr<ObjectStore>> store = NewLocalStore(root(), StoreOptions{}, &fault_);
-    ASSERT_TRUE(store.ok()) << store.status().ToString();
-    store_ = std::move(store).value();
+    GRANARY_ASSERT_OK_AND_ASSIGN(store_, NewLocalStore(root(), StoreOptions{}, &fault_));
   }
 
   std::string root() const { return dir_.Join("root"); }
@@ -62,33 +55,33 @@ class LocalStoreFaultTest : public ::testing::Test {
 };
 
 TEST_F(LocalStoreFaultTest, DiskFullDuringPutIsResourceExhausted) {
-  ASSERT_OK(store_->Put("ckpt/a", "old"));
+  GRANARY_ASSERT_OK(store_->Put("ckpt/a", "old"));
   fault_.SetDiskFullAfter(100000);
   const std::string big = Payload(1, 3u << 20);
   ExpectFailureKeptOld(store_->Put("ckpt/a", big), StatusCode::kResourceExhausted, "ckpt/a",
                        "old");
   // Aligned source (O_DIRECT path) too.
   Result<AlignedBuffer> aligned = AlignedBuffer::Allocate(3u << 20);
-  ASSERT_TRUE(aligned.ok());
+  GRANARY_ASSERT_OK(aligned);
   ExpectFailureKeptOld(store_->Put("ckpt/a", aligned->span()), StatusCode::kResourceExhausted,
                        "ckpt/a", "old");
   ExpectFailureKeptOld(store_->PutIfAbsent("ckpt/b", big), StatusCode::kResourceExhausted,
                        "ckpt/b", "<missing>");
   fault_.ClearDiskFull();
-  ASSERT_OK(store_->Put("ckpt/a", big));
+  GRANARY_ASSERT_OK(store_->Put("ckpt/a", big));
   EXPECT_EQ(store_->GetAll("ckpt/a").value_or(""), big);
 }
 
 TEST_F(LocalStoreFaultTest, DiskFullAtWriterCommitIsResourceExhausted) {
-  ASSERT_OK(store_->Put("w", "old"));
+  GRANARY_ASSERT_OK(store_->Put("w", "old"));
   WriterOptions options;
   options.part_bytes = 1u << 20;
   // Every full part fits; the tail written by Commit does not.
   const std::string data = Payload(2, (3u << 20) + 1000);
   fault_.SetDiskFullAfter((3u << 20) + 500);
   Result<std::unique_ptr<ObjectWriter>> writer = store_->NewWriter("w", options);
-  ASSERT_TRUE(writer.ok());
-  ASSERT_OK((*writer)->Append(AsBytes(data)));
+  GRANARY_ASSERT_OK(writer);
+  GRANARY_ASSERT_OK((*writer)->Append(AsBytes(data)));
   Status s = (*writer)->Commit();
   ExpectFailureKeptOld(s, StatusCode::kResourceExhausted, "w", "old");
   EXPECT_EQ((*writer)->Commit(), s);  // the writer stays failed with the same error
@@ -96,12 +89,12 @@ TEST_F(LocalStoreFaultTest, DiskFullAtWriterCommitIsResourceExhausted) {
 }
 
 TEST_F(LocalStoreFaultTest, DiskFullInBackgroundPartFailsTheWriter) {
-  ASSERT_OK(store_->Put("w", "old"));
+  GRANARY_ASSERT_OK(store_->Put("w", "old"));
   WriterOptions options;
   options.part_bytes = 1u << 20;
   fault_.SetDiskFullAfter((2u << 20) + 100);
   Result<std::unique_ptr<ObjectWriter>> writer = store_->NewWriter("w", options);
-  ASSERT_TRUE(writer.ok());
+  GRANARY_ASSERT_OK(writer);
   const std::string data = Payload(3, 6u << 20);
   Status first;
   for (size_t pos = 0; pos < data.size() && first.ok(); pos += 500000) {
@@ -115,7 +108,7 @@ TEST_F(LocalStoreFaultTest, DiskFullInBackgroundPartFailsTheWriter) {
 }
 
 TEST_F(LocalStoreFaultTest, EioOnWriteOrFsyncKeepsOldObject) {
-  ASSERT_OK(store_->Put("k", "old"));
+  GRANARY_ASSERT_OK(store_->Put("k", "old"));
   fault_.FailNthWrite(1, EIO);
   ExpectFailureKeptOld(store_->Put("k", "new"), StatusCode::kInternal, "k", "old");
   fault_.FailNthSync(1, EIO);  // the temp file's fsync
@@ -124,8 +117,8 @@ TEST_F(LocalStoreFaultTest, EioOnWriteOrFsyncKeepsOldObject) {
   WriterOptions options;
   options.part_bytes = 1u << 20;
   Result<std::unique_ptr<ObjectWriter>> writer = store_->NewWriter("k", options);
-  ASSERT_TRUE(writer.ok());
-  ASSERT_OK((*writer)->Append(AsBytes(Payload(4, (2u << 20) + 7))));
+  GRANARY_ASSERT_OK(writer);
+  GRANARY_ASSERT_OK((*writer)->Append(AsBytes(Payload(4, (2u << 20) + 7))));
   fault_.FailNthSync(1, EIO);
   ExpectFailureKeptOld((*writer)->Commit(), StatusCode::kInternal, "k", "old");
 }
@@ -133,8 +126,8 @@ TEST_F(LocalStoreFaultTest, EioOnWriteOrFsyncKeepsOldObject) {
 TEST_F(LocalStoreFaultTest, EioOnGetNamesKeyAndPath) {
   const std::string small = Payload(8, 5000);
   const std::string big = Payload(9, 3u << 20);  // O_DIRECT path (default threshold)
-  ASSERT_OK(store_->Put("ckpt/small", small));
-  ASSERT_OK(store_->Put("ckpt/big", big));
+  GRANARY_ASSERT_OK(store_->Put("ckpt/small", small));
+  GRANARY_ASSERT_OK(store_->Put("ckpt/big", big));
   for (const auto& [key, value] : {std::pair<std::string, std::string>{"ckpt/small", small},
                                    {"ckpt/big", big}}) {
     std::string buf(value.size(), '\0');
@@ -148,7 +141,7 @@ TEST_F(LocalStoreFaultTest, EioOnGetNamesKeyAndPath) {
     EXPECT_NE(n.status().message().find(root() + "/" + key), std::string::npos)
         << n.status().ToString();
     n = store_->Get(key, 0, AsWritableBytes(buf));  // one-shot: the next read succeeds
-    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    GRANARY_ASSERT_OK(n);
     EXPECT_EQ(*n, value.size());
     EXPECT_EQ(buf, value);
   }
@@ -158,7 +151,7 @@ TEST_F(LocalStoreFaultTest, EioInGetManyFailsOnlyTheAffectedOp) {
   std::vector<std::string> values;
   for (int i = 0; i < 4; ++i) {
     values.push_back(Payload(10 + i, 3000));
-    ASSERT_OK(store_->Put("k" + std::to_string(i), values.back()));
+    GRANARY_ASSERT_OK(store_->Put("k" + std::to_string(i), values.back()));
   }
   // Five ops, two of them on the same object; each is one read request.
   const std::vector<std::pair<int, uint64_t>> plan = {{2, 0}, {0, 100}, {2, 1000}, {3, 0}, {1, 7}};
@@ -171,7 +164,7 @@ TEST_F(LocalStoreFaultTest, EioInGetManyFailsOnlyTheAffectedOp) {
       ops[i].dest = AsWritableBytes(bufs[i]);
     }
     fault_.FailNthRead(nth, EIO);
-    ASSERT_OK(store_->GetMany(ops));
+    GRANARY_ASSERT_OK(store_->GetMany(ops));
     int failed = 0;
     for (size_t i = 0; i < ops.size(); ++i) {
       const std::string& key = ops[i].key;
@@ -194,8 +187,8 @@ TEST_F(LocalStoreFaultTest, EioInGetManyFailsOnlyTheAffectedOp) {
 }
 
 TEST_F(LocalStoreFaultTest, ReadsOpenThroughTheFileSystem) {
-  ASSERT_OK(store_->Put("a", "alpha"));
-  ASSERT_OK(store_->Put("b", "beta"));
+  GRANARY_ASSERT_OK(store_->Put("a", "alpha"));
+  GRANARY_ASSERT_OK(store_->Put("b", "beta"));
   // Stat, Get and GetMany open their objects through the FileSystem, so an open fault hits them.
   fault_.FailNthOpen(1, EACCES);
   Status s = store_->Stat("a").status();
@@ -212,8 +205,8 @@ TEST_F(LocalStoreFaultTest, ReadsOpenThroughTheFileSystem) {
   ops[1].key = "b";
   ops[1].dest = AsWritableBytes(buf_b);
   fault_.FailNthOpen(2, EACCES);  // objects are opened in key order: "b" fails
-  ASSERT_OK(store_->GetMany(ops));
-  EXPECT_TRUE(ops[0].status.ok()) << ops[0].status.ToString();
+  GRANARY_ASSERT_OK(store_->GetMany(ops));
+  GRANARY_EXPECT_OK(ops[0].status);
   EXPECT_EQ(buf_a, "alpha");
   EXPECT_EQ(ops[1].status.sys_errno(), EACCES) << ops[1].status.ToString();
   EXPECT_NE(ops[1].status.message().find(root() + "/b"), std::string::npos);
@@ -221,20 +214,20 @@ TEST_F(LocalStoreFaultTest, ReadsOpenThroughTheFileSystem) {
 }
 
 TEST_F(LocalStoreFaultTest, CrashAfterPutReturnedKeepsNewObjects) {
-  ASSERT_OK(store_->Put("k", "old"));
+  GRANARY_ASSERT_OK(store_->Put("k", "old"));
   const std::string big = Payload(5, (2u << 20) + 3);
-  ASSERT_OK(store_->Put("k", "new"));
-  ASSERT_OK(store_->Put("fresh/dirs/obj", big));
-  ASSERT_OK(store_->PutIfAbsent("manifest", "v1"));
+  GRANARY_ASSERT_OK(store_->Put("k", "new"));
+  GRANARY_ASSERT_OK(store_->Put("fresh/dirs/obj", big));
+  GRANARY_ASSERT_OK(store_->PutIfAbsent("manifest", "v1"));
   WriterOptions options;
   options.part_bytes = 1u << 20;
   Result<std::unique_ptr<ObjectWriter>> writer = store_->NewWriter("streamed/obj", options);
-  ASSERT_TRUE(writer.ok());
-  ASSERT_OK((*writer)->Append(AsBytes(big)));
-  ASSERT_OK((*writer)->Commit());
+  GRANARY_ASSERT_OK(writer);
+  GRANARY_ASSERT_OK((*writer)->Append(AsBytes(big)));
+  GRANARY_ASSERT_OK((*writer)->Commit());
   writer->reset();
 
-  ASSERT_OK(fault_.Crash());
+  GRANARY_ASSERT_OK(fault_.Crash());
   Reopen();
   EXPECT_EQ(store_->GetAll("k").value_or(""), "new");
   EXPECT_EQ(store_->GetAll("fresh/dirs/obj").value_or(""), big);
@@ -244,14 +237,14 @@ TEST_F(LocalStoreFaultTest, CrashAfterPutReturnedKeepsNewObjects) {
 }
 
 TEST_F(LocalStoreFaultTest, CrashBeforeWriterCommitKeepsOldObject) {
-  ASSERT_OK(store_->Put("k", "old"));
+  GRANARY_ASSERT_OK(store_->Put("k", "old"));
   WriterOptions options;
   options.part_bytes = 1u << 20;
   options.max_parts_in_flight = 1;  // Append returns with every full part written
   Result<std::unique_ptr<ObjectWriter>> writer = store_->NewWriter("k", options);
-  ASSERT_TRUE(writer.ok());
-  ASSERT_OK((*writer)->Append(AsBytes(Payload(6, (3u << 20) + 512))));
-  ASSERT_OK(fault_.Crash());
+  GRANARY_ASSERT_OK(writer);
+  GRANARY_ASSERT_OK((*writer)->Append(AsBytes(Payload(6, (3u << 20) + 512))));
+  GRANARY_ASSERT_OK(fault_.Crash());
   writer->reset();  // its cleanup after the "crash" must not disturb anything
   Reopen();
   EXPECT_EQ(store_->GetAll("k").value_or(""), "old");
@@ -260,11 +253,11 @@ TEST_F(LocalStoreFaultTest, CrashBeforeWriterCommitKeepsOldObject) {
 }
 
 TEST_F(LocalStoreFaultTest, CrashWithUnsyncedTempLeavesNothing) {
-  ASSERT_OK(store_->Put("k", "old"));
+  GRANARY_ASSERT_OK(store_->Put("k", "old"));
   // The temp file's fsync fails, so the rename never happens; a crash then drops the data.
   fault_.FailNthSync(1, EIO);
   EXPECT_FALSE(store_->Put("k", Payload(7, 5000)).ok());
-  ASSERT_OK(fault_.Crash());
+  GRANARY_ASSERT_OK(fault_.Crash());
   Reopen();
   EXPECT_EQ(store_->GetAll("k").value_or(""), "old");
   ExpectNoTempFiles();

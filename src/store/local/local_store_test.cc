@@ -11,6 +11,7 @@
 #include <fstream>
 #include <string>
 
+#include "core/testing/test_util.h"
 #include "store/local/local_root.h"
 #include "store/testing/test_util.h"
 
@@ -21,12 +22,6 @@ using testing::AsBytes;
 using testing::AsWritableBytes;
 using testing::Payload;
 using testing::ScratchDir;
-
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const ::granary::Status assert_ok_ = (expr);           \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_.ToString(); \
-  } while (0)
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -55,9 +50,7 @@ std::string PidNamespace() {
 class LocalStoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    Result<std::unique_ptr<ObjectStore>> store = NewLocalStore(root(), StoreOptions{});
-    ASSERT_TRUE(store.ok()) << store.status().ToString();
-    store_ = std::move(store).value();
+    GRANARY_ASSERT_OK_AND_ASSIGN(store_, NewLocalStore(root(), StoreOptions{}));
   }
   std::string root() const { return dir_.Join("root"); }
 
@@ -66,7 +59,7 @@ class LocalStoreTest : public ::testing::Test {
 };
 
 TEST_F(LocalStoreTest, ObjectsArePlainFilesAtRootSlashKey) {
-  ASSERT_OK(store_->Put("runs/exp1/a.bin", "payload"));
+  GRANARY_ASSERT_OK(store_->Put("runs/exp1/a.bin", "payload"));
   EXPECT_EQ(ReadFile(root() + "/runs/exp1/a.bin"), "payload");
   EXPECT_EQ(ReadFile(root() + "/.granary/format"), "granary-local-store 1\n");
   EXPECT_TRUE(std::filesystem::is_directory(root() + "/.granary/tmp"));
@@ -91,7 +84,7 @@ TEST_F(LocalStoreTest, SymlinkOutOfRootIsNotFollowed) {
     ReadOp op;
     op.key = key;
     op.dest = AsWritableBytes(buf);
-    ASSERT_OK(store_->GetMany(std::span(&op, 1)));
+    GRANARY_ASSERT_OK(store_->GetMany(std::span(&op, 1)));
     EXPECT_EQ(op.status.code(), StatusCode::kPermissionDenied) << key;
     EXPECT_NE(op.status.message().find(key), std::string::npos) << op.status.ToString();
   }
@@ -101,24 +94,24 @@ TEST_F(LocalStoreTest, SymlinkOutOfRootIsNotFollowed) {
   EXPECT_FALSE(store_->Delete("dirlink/file").ok());
   EXPECT_EQ(ReadFile(dir_.Join("outside/file")), "outside");
   // A symlink that stays inside the root is fine.
-  ASSERT_OK(store_->Put("real", "inside"));
+  GRANARY_ASSERT_OK(store_->Put("real", "inside"));
   std::filesystem::create_symlink("real", root() + "/inner-link");
   EXPECT_EQ(store_->GetAll("inner-link").value_or(""), "inside");
 }
 
 TEST_F(LocalStoreTest, KeyAndDirectoryPrefixConflict) {
-  ASSERT_OK(store_->Put("a", "file"));
+  GRANARY_ASSERT_OK(store_->Put("a", "file"));
   Status s = store_->Put("a/b", "x");
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
   EXPECT_NE(s.message().find("'a/b'"), std::string::npos) << s.ToString();
   EXPECT_NE(s.message().find("'a'"), std::string::npos) << s.ToString();
-  ASSERT_OK(store_->Put("c/d", "x"));
+  GRANARY_ASSERT_OK(store_->Put("c/d", "x"));
   s = store_->Put("c", "x");
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
   EXPECT_NE(s.message().find("'c'"), std::string::npos) << s.ToString();
   EXPECT_EQ(store_->PutIfAbsent("c", "x").code(), StatusCode::kFailedPrecondition);
   Result<std::unique_ptr<ObjectWriter>> writer = store_->NewWriter("c");
-  ASSERT_TRUE(writer.ok());
+  GRANARY_ASSERT_OK(writer);
   EXPECT_EQ((*writer)->Commit().code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(store_->GetAll("a").value_or(""), "file");
   EXPECT_EQ(store_->GetAll("c/d").value_or(""), "x");
@@ -136,7 +129,7 @@ TEST_F(LocalStoreTest, DeadWritersTempFilesAreRemovedAtOpen) {
   const std::string unknown = tmp + "not-a-temp-name";
   for (const std::string& path : {dead, alive, other_ns, unknown}) WriteFile(path, "partial");
   Result<std::unique_ptr<ObjectStore>> reopened = NewLocalStore(root(), StoreOptions{});
-  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  GRANARY_ASSERT_OK(reopened);
   EXPECT_FALSE(std::filesystem::exists(dead));
   EXPECT_TRUE(std::filesystem::exists(alive));     // our own pid: a live writer
   EXPECT_TRUE(std::filesystem::exists(other_ns));  // another pid namespace: cannot tell
@@ -169,12 +162,12 @@ TEST_F(LocalStoreTest, RejectsUnknownFormatAndNonDirectoryRoot) {
 }
 
 TEST_F(LocalStoreTest, ListSkipsReservedAndShowsHandPlacedFiles) {
-  ASSERT_OK(store_->Put("x/y", "1"));
+  GRANARY_ASSERT_OK(store_->Put("x/y", "1"));
   std::filesystem::create_directories(root() + "/sub/.granary-junk");
   WriteFile(root() + "/sub/.granary-junk/f", "junk");
   WriteFile(root() + "/sub/f", "ok");
   Result<std::vector<ObjectInfo>> all = store_->List("");
-  ASSERT_TRUE(all.ok());
+  GRANARY_ASSERT_OK(all);
   ASSERT_EQ(all->size(), 2u);
   EXPECT_EQ((*all)[0].key, "sub/f");
   EXPECT_EQ((*all)[1].key, "x/y");
@@ -182,7 +175,7 @@ TEST_F(LocalStoreTest, ListSkipsReservedAndShowsHandPlacedFiles) {
 }
 
 TEST_F(LocalStoreTest, DirectoryIsNotAnObject) {
-  ASSERT_OK(store_->Put("dir/obj", "x"));
+  GRANARY_ASSERT_OK(store_->Put("dir/obj", "x"));
   EXPECT_EQ(store_->Stat("dir").status().code(), StatusCode::kNotFound);
   std::string buf(4, '\0');
   EXPECT_EQ(store_->Get("dir", 0, AsWritableBytes(buf)).status().code(), StatusCode::kNotFound);
@@ -200,16 +193,16 @@ TEST_F(LocalStoreTest, SmallDirectIoThreshold) {
   StoreOptions options;
   options.direct_io_min_bytes = 4096;
   Result<std::unique_ptr<ObjectStore>> store = NewLocalStore(root(), options);
-  ASSERT_TRUE(store.ok());
+  GRANARY_ASSERT_OK(store);
   const std::string data = Payload(3, 100000);
-  ASSERT_OK((*store)->Put("d", data));
+  GRANARY_ASSERT_OK((*store)->Put("d", data));
   EXPECT_EQ((*store)->GetAll("d").value_or(""), data);
   WriterOptions writer_options;
   writer_options.part_bytes = 16384;
   Result<std::unique_ptr<ObjectWriter>> writer = (*store)->NewWriter("w", writer_options);
-  ASSERT_TRUE(writer.ok());
-  ASSERT_OK((*writer)->Append(AsBytes(data)));
-  ASSERT_OK((*writer)->Commit());
+  GRANARY_ASSERT_OK(writer);
+  GRANARY_ASSERT_OK((*writer)->Append(AsBytes(data)));
+  GRANARY_ASSERT_OK((*writer)->Commit());
   EXPECT_EQ(ReadFile(root() + "/w"), data);
 }
 

@@ -127,24 +127,11 @@ class MemoryStore final : public ObjectStore {
   }
 
   Status Put(std::string_view key, std::span<const std::byte> data) override {
-    GRANARY_RETURN_IF_ERROR(ValidateKey(key));
-    auto bytes = std::make_shared<const std::string>(reinterpret_cast<const char*>(data.data()),
-                                                     data.size());
-    std::lock_guard<std::mutex> lock(data_->mu);
-    auto [it, inserted] = data_->objects.try_emplace(std::string(key));
-    it->second = MemoryData::Entry{std::move(bytes), WallNanos()};
-    return Status::OK();
+    return DoPut(key, data, /*replace=*/true);
   }
 
   Status PutIfAbsent(std::string_view key, std::span<const std::byte> data) override {
-    GRANARY_RETURN_IF_ERROR(ValidateKey(key));
-    auto bytes = std::make_shared<const std::string>(reinterpret_cast<const char*>(data.data()),
-                                                     data.size());
-    std::lock_guard<std::mutex> lock(data_->mu);
-    auto [it, inserted] = data_->objects.try_emplace(std::string(key));
-    if (!inserted) return AlreadyExistsError(KeyContext(url_, key) + ": already exists");
-    it->second = MemoryData::Entry{std::move(bytes), WallNanos()};
-    return Status::OK();
+    return DoPut(key, data, /*replace=*/false);
   }
 
   Result<std::unique_ptr<ObjectWriter>> NewWriter(std::string_view key,
@@ -185,6 +172,20 @@ class MemoryStore final : public ObjectStore {
   }
 
  private:
+  // Put (replace) and PutIfAbsent (!replace: AlreadyExists if the key is taken).
+  Status DoPut(std::string_view key, std::span<const std::byte> data, bool replace) {
+    GRANARY_RETURN_IF_ERROR(ValidateKey(key));
+    auto bytes = std::make_shared<const std::string>(reinterpret_cast<const char*>(data.data()),
+                                                     data.size());
+    std::lock_guard<std::mutex> lock(data_->mu);
+    auto [it, inserted] = data_->objects.try_emplace(std::string(key));
+    if (!inserted && !replace) {
+      return AlreadyExistsError(KeyContext(url_, key) + ": already exists");
+    }
+    it->second = MemoryData::Entry{std::move(bytes), WallNanos()};
+    return Status::OK();
+  }
+
   Status NotFound(std::string_view key) const {
     return NotFoundError(KeyContext(url_, key) + ": not found");
   }

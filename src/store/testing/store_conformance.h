@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "granary/status.h"
 #include "granary/store.h"
 
@@ -56,9 +57,7 @@ inline std::string ConformanceParamName(
 class StoreConformanceTest : public ::testing::TestWithParam<ConformanceParam> {
  protected:
   void SetUp() override {
-    Result<std::unique_ptr<StoreHarness>> harness = GetParam().make();
-    ASSERT_TRUE(harness.ok()) << harness.status().ToString();
-    harness_ = std::move(harness).value();
+    GRANARY_ASSERT_OK_AND_ASSIGN(harness_, GetParam().make());
   }
   void TearDown() override {
     // Whatever a test did (aborts, failures, concurrency), nothing may be left behind.

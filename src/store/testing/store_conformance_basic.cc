@@ -4,18 +4,13 @@
 #include <string>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "granary/io.h"
 #include "store/testing/store_conformance.h"
 #include "store/testing/test_util.h"
 
 namespace granary::testing {
 namespace {
-
-#define ASSERT_OK(expr)                                 \
-  do {                                                  \
-    const ::granary::Status assert_ok_ = (expr);        \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_.ToString(); \
-  } while (0)
 
 std::vector<std::string> Keys(const std::vector<ObjectInfo>& infos) {
   std::vector<std::string> out;
@@ -24,14 +19,14 @@ std::vector<std::string> Keys(const std::vector<ObjectInfo>& infos) {
 }
 
 TEST_P(StoreConformanceTest, PutThenGetStatAndOverwrite) {
-  ASSERT_OK(store().Put("runs/exp1/a.bin", "hello world"));
+  GRANARY_ASSERT_OK(store().Put("runs/exp1/a.bin", "hello world"));
   Result<ObjectInfo> info = store().Stat("runs/exp1/a.bin");
-  ASSERT_TRUE(info.ok()) << info.status().ToString();
+  GRANARY_ASSERT_OK(info);
   EXPECT_EQ(info->key, "runs/exp1/a.bin");
   EXPECT_EQ(info->size_bytes, 11u);
   EXPECT_EQ(store().GetAll("runs/exp1/a.bin").value_or("?"), "hello world");
 
-  ASSERT_OK(store().Put("runs/exp1/a.bin", "bye"));
+  GRANARY_ASSERT_OK(store().Put("runs/exp1/a.bin", "bye"));
   EXPECT_EQ(store().GetAll("runs/exp1/a.bin").value_or("?"), "bye");
   EXPECT_EQ(store().Stat("runs/exp1/a.bin")->size_bytes, 3u);
 }
@@ -47,25 +42,25 @@ TEST_P(StoreConformanceTest, MissingKeyIsNotFound) {
 }
 
 TEST_P(StoreConformanceTest, EmptyObject) {
-  ASSERT_OK(store().Put("empty", ""));
+  GRANARY_ASSERT_OK(store().Put("empty", ""));
   EXPECT_EQ(store().Stat("empty")->size_bytes, 0u);
   Result<std::string> all = store().GetAll("empty");
-  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  GRANARY_ASSERT_OK(all);
   EXPECT_EQ(*all, "");
 }
 
 TEST_P(StoreConformanceTest, RangedGet) {
   const std::string data = Payload(1, 10000);
-  ASSERT_OK(store().Put("obj", data));
+  GRANARY_ASSERT_OK(store().Put("obj", data));
   std::string buf(100, '\0');
   Result<size_t> n = store().Get("obj", 1234, AsWritableBytes(buf));
-  ASSERT_TRUE(n.ok()) << n.status().ToString();
+  GRANARY_ASSERT_OK(n);
   EXPECT_EQ(*n, 100u);
   EXPECT_EQ(buf, data.substr(1234, 100));
 
   // Ends early: fewer bytes.
   n = store().Get("obj", 9950, AsWritableBytes(buf));
-  ASSERT_TRUE(n.ok());
+  GRANARY_ASSERT_OK(n);
   EXPECT_EQ(*n, 50u);
   EXPECT_EQ(buf.substr(0, 50), data.substr(9950));
 
@@ -79,14 +74,14 @@ TEST_P(StoreConformanceTest, RangedGet) {
 TEST_P(StoreConformanceTest, LargeAlignedAndUnalignedGets) {
   const size_t size = (3u << 20) + 777;  // above the O_DIRECT threshold, unaligned length
   const std::string data = Payload(2, size);
-  ASSERT_OK(store().Put("big", data));
+  GRANARY_ASSERT_OK(store().Put("big", data));
   Result<AlignedBuffer> aligned = AlignedBuffer::Allocate(size + 8192);
-  ASSERT_TRUE(aligned.ok());
+  GRANARY_ASSERT_OK(aligned);
   for (uint64_t offset : {uint64_t{0}, uint64_t{4096}, uint64_t{4095}, uint64_t{123457}}) {
     for (size_t shift : {size_t{0}, size_t{1}}) {
       std::span<std::byte> dest = aligned->span().subspan(shift, size);
       Result<size_t> n = store().Get("big", offset, dest);
-      ASSERT_TRUE(n.ok()) << n.status().ToString();
+      GRANARY_ASSERT_OK(n);
       ASSERT_EQ(*n, size - offset);
       ASSERT_EQ(std::string_view(reinterpret_cast<char*>(dest.data()), *n),
                 std::string_view(data).substr(offset))
@@ -102,7 +97,7 @@ TEST_P(StoreConformanceTest, GetManyMixedBatch) {
   for (int k = 0; k < 10; ++k) {
     keys.push_back("batch/obj" + std::to_string(k));
     datas.push_back(Payload(100 + k, k == 3 ? (2u << 20) + 5 : 1000u * k + 17));
-    ASSERT_OK(store().Put(keys.back(), datas.back()));
+    GRANARY_ASSERT_OK(store().Put(keys.back(), datas.back()));
   }
   struct Want {
     StatusCode code;
@@ -154,12 +149,12 @@ TEST_P(StoreConformanceTest, GetManyMixedBatch) {
   add(keys[3], 4096, datas[3].size() - 4096, {StatusCode::kOk, datas[3].substr(4096)});
   ASSERT_GE(ops.size(), 100u);
   Result<AlignedBuffer> arena = AlignedBuffer::Allocate(used);
-  ASSERT_TRUE(arena.ok());
+  GRANARY_ASSERT_OK(arena);
   for (size_t i = 0; i < ops.size(); ++i) {
     ops[i].dest = arena->span().subspan(arena_offset[i], ops[i].dest.size());
   }
 
-  ASSERT_OK(store().GetMany(ops));
+  GRANARY_ASSERT_OK(store().GetMany(ops));
   for (size_t i = 0; i < ops.size(); ++i) {
     SCOPED_TRACE("op " + std::to_string(i) + " key " + ops[i].key);
     EXPECT_EQ(ops[i].status.code(), want[i].code) << ops[i].status.ToString();
@@ -171,25 +166,25 @@ TEST_P(StoreConformanceTest, GetManyMixedBatch) {
 }
 
 TEST_P(StoreConformanceTest, PutIfAbsent) {
-  ASSERT_OK(store().PutIfAbsent("manifest", "v1"));
+  GRANARY_ASSERT_OK(store().PutIfAbsent("manifest", "v1"));
   Status s = store().PutIfAbsent("manifest", "v2");
   EXPECT_EQ(s.code(), StatusCode::kAlreadyExists) << s.ToString();
   EXPECT_NE(s.message().find("manifest"), std::string::npos) << s.ToString();
   EXPECT_EQ(store().GetAll("manifest").value_or(""), "v1");
-  ASSERT_OK(store().Delete("manifest"));
-  ASSERT_OK(store().PutIfAbsent("manifest", "v3"));
+  GRANARY_ASSERT_OK(store().Delete("manifest"));
+  GRANARY_ASSERT_OK(store().PutIfAbsent("manifest", "v3"));
   EXPECT_EQ(store().GetAll("manifest").value_or(""), "v3");
-  ASSERT_OK(store().PutIfAbsent("deep/new/manifest", "x"));
+  GRANARY_ASSERT_OK(store().PutIfAbsent("deep/new/manifest", "x"));
 }
 
 TEST_P(StoreConformanceTest, ListIsSortedBytewiseWithPrefixes) {
   // Chosen so that directory order and key order differ ('-' and '.' sort before '/').
   std::vector<std::string> keys = {"a-b", "a.c", "a/b", "a/c/d", "a0", "ab-", "ab/x",
                                    "b",   "z/z/z", "a/c-", "a/c0"};
-  for (const std::string& key : keys) ASSERT_OK(store().Put(key, key));
+  for (const std::string& key : keys) GRANARY_ASSERT_OK(store().Put(key, key));
   std::sort(keys.begin(), keys.end());
   Result<std::vector<ObjectInfo>> all = store().List("");
-  ASSERT_TRUE(all.ok()) << all.status().ToString();
+  GRANARY_ASSERT_OK(all);
   EXPECT_EQ(Keys(*all), keys);
   for (const ObjectInfo& info : *all) EXPECT_EQ(info.size_bytes, info.key.size());
 
@@ -208,16 +203,16 @@ TEST_P(StoreConformanceTest, ListPagesInSmallPages) {
     std::string key = "p/" + std::to_string(i % 4) + "/k" + std::to_string(i);
     if (i % 5 == 0) key = "p/x" + std::to_string(i);
     keys.push_back(key);
-    ASSERT_OK(store().Put(key, "x"));
+    GRANARY_ASSERT_OK(store().Put(key, "x"));
   }
-  ASSERT_OK(store().Put("q/other", "x"));
+  GRANARY_ASSERT_OK(store().Put("q/other", "x"));
   std::sort(keys.begin(), keys.end());
   std::vector<std::string> seen;
   std::string start_after;
   int pages = 0;
   for (;;) {
     Result<ObjectPage> page = store().ListPage("p/", start_after, 3);
-    ASSERT_TRUE(page.ok()) << page.status().ToString();
+    GRANARY_ASSERT_OK(page);
     ASSERT_LE(page->objects.size(), 3u);
     for (const ObjectInfo& info : page->objects) seen.push_back(info.key);
     ++pages;
@@ -229,7 +224,7 @@ TEST_P(StoreConformanceTest, ListPagesInSmallPages) {
   EXPECT_EQ(seen, keys);
   // start_after that is not itself a key.
   Result<ObjectPage> page = store().ListPage("p/", "p/2", 1000);
-  ASSERT_TRUE(page.ok());
+  GRANARY_ASSERT_OK(page);
   std::vector<std::string> tail;
   for (const std::string& key : keys) {
     if (key > "p/2") tail.push_back(key);
@@ -239,19 +234,19 @@ TEST_P(StoreConformanceTest, ListPagesInSmallPages) {
 }
 
 TEST_P(StoreConformanceTest, DeleteRemovesAndFreesTheName) {
-  ASSERT_OK(store().Put("d/x/y", "1"));
-  ASSERT_OK(store().Put("d/x/z", "2"));
-  ASSERT_OK(store().Delete("d/x/y"));
+  GRANARY_ASSERT_OK(store().Put("d/x/y", "1"));
+  GRANARY_ASSERT_OK(store().Put("d/x/z", "2"));
+  GRANARY_ASSERT_OK(store().Delete("d/x/y"));
   EXPECT_EQ(store().Stat("d/x/y").status().code(), StatusCode::kNotFound);
   EXPECT_EQ(store().Delete("d/x/y").code(), StatusCode::kNotFound);
   EXPECT_EQ(Keys(store().List("").value()), (std::vector<std::string>{"d/x/z"}));
-  ASSERT_OK(store().Delete("d/x/z"));
+  GRANARY_ASSERT_OK(store().Delete("d/x/z"));
   EXPECT_TRUE(store().List("").value().empty());
   // Once nothing lives under "d/x/", "d/x" and "d" can be objects themselves.
-  ASSERT_OK(store().Put("d/x", "now an object"));
+  GRANARY_ASSERT_OK(store().Put("d/x", "now an object"));
   EXPECT_EQ(store().GetAll("d/x").value_or(""), "now an object");
-  ASSERT_OK(store().Delete("d/x"));
-  ASSERT_OK(store().Put("d", "top"));
+  GRANARY_ASSERT_OK(store().Delete("d/x"));
+  GRANARY_ASSERT_OK(store().Put("d", "top"));
   EXPECT_EQ(Keys(store().List("").value()), (std::vector<std::string>{"d"}));
 }
 
@@ -260,7 +255,7 @@ TEST_P(StoreConformanceTest, LongKeys) {
   while (key.size() < 1024) key += (key.empty() ? "" : "/") + std::string(200, 'k');
   key.resize(1024);
   ASSERT_NE(key.back(), '/');
-  ASSERT_OK(store().Put(key, "long"));
+  GRANARY_ASSERT_OK(store().Put(key, "long"));
   EXPECT_EQ(store().GetAll(key).value_or(""), "long");
   EXPECT_EQ(store().Put(key + "x", "x").code(), StatusCode::kInvalidArgument);
 }
@@ -287,7 +282,7 @@ TEST_P(StoreConformanceTest, InvalidKeysAreRejectedBeforeAnyIo) {
     ReadOp op;
     op.key = key;
     op.dest = AsWritableBytes(buf);
-    ASSERT_OK(store().GetMany(std::span(&op, 1)));
+    GRANARY_ASSERT_OK(store().GetMany(std::span(&op, 1)));
     EXPECT_EQ(op.status.code(), StatusCode::kInvalidArgument);
   }
   EXPECT_TRUE(store().List("").value().empty());

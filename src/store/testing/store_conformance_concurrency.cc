@@ -6,17 +6,12 @@
 #include <thread>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "store/testing/store_conformance.h"
 #include "store/testing/test_util.h"
 
 namespace granary::testing {
 namespace {
-
-#define ASSERT_OK(expr)                                    \
-  do {                                                     \
-    const ::granary::Status assert_ok_ = (expr);           \
-    ASSERT_TRUE(assert_ok_.ok()) << assert_ok_.ToString(); \
-  } while (0)
 
 // Writes `data` through a Writer in uneven chunks.
 Status WriteStreamed(ObjectStore& store, const std::string& key, const std::string& data,
@@ -76,9 +71,9 @@ TEST_P(StoreConformanceTest, ConcurrentWritersLeaveOneWholeValue) {
     });
   }
   for (std::thread& thread : threads) thread.join();
-  for (const Status& s : results) ASSERT_OK(s);
+  for (const Status& s : results) GRANARY_ASSERT_OK(s);
   Result<std::string> final_value = store().GetAll(key);
-  ASSERT_TRUE(final_value.ok()) << final_value.status().ToString();
+  GRANARY_ASSERT_OK(final_value);
   EXPECT_NE(std::find(values.begin(), values.end(), *final_value), values.end())
       << "final value (" << final_value->size() << " bytes) is none of the written values";
 }
@@ -88,7 +83,7 @@ TEST_P(StoreConformanceTest, ReadersNeverSeeTornValues) {
   std::vector<std::string> values;
   for (int v = 0; v < 6; ++v) values.push_back(Payload(900 + v, 50000 + 70001 * v));
   const std::set<std::string> allowed(values.begin(), values.end());
-  ASSERT_OK(store().Put(key, values[0]));
+  GRANARY_ASSERT_OK(store().Put(key, values[0]));
 
   std::atomic<int> writers_left{2};
   std::atomic<int> reads{0};
@@ -135,7 +130,7 @@ TEST_P(StoreConformanceTest, ReadersNeverSeeTornValues) {
     });
   }
   for (std::thread& thread : threads) thread.join();
-  for (const Status& s : writer_status) ASSERT_OK(s);
+  for (const Status& s : writer_status) GRANARY_ASSERT_OK(s);
   for (const auto& list : problems) {
     for (const std::string& p : list) ADD_FAILURE() << p;
   }
@@ -147,14 +142,14 @@ TEST_P(StoreConformanceTest, WriterStreamsManyPartsInParallel) {
   WriterOptions options;
   options.part_bytes = 1u << 20;
   options.max_parts_in_flight = 4;
-  ASSERT_OK(store().Put("w/target", "old"));
+  GRANARY_ASSERT_OK(store().Put("w/target", "old"));
   Result<std::unique_ptr<ObjectWriter>> writer = store().NewWriter("w/target", options);
-  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
+  GRANARY_ASSERT_OK(writer);
   // Uneven appends that straddle part boundaries.
   size_t pos = 0;
   for (size_t step = 1; pos < data.size(); step = step * 3 % 700001 + 4097) {
     size_t n = std::min(step, data.size() - pos);
-    ASSERT_OK((*writer)->Append(AsBytes(std::string_view(data).substr(pos, n))));
+    GRANARY_ASSERT_OK((*writer)->Append(AsBytes(std::string_view(data).substr(pos, n))));
     pos += n;
     // Nothing new is visible before Commit.
     if (pos > (8u << 20) && pos - n <= (8u << 20)) {
@@ -163,9 +158,9 @@ TEST_P(StoreConformanceTest, WriterStreamsManyPartsInParallel) {
   }
   EXPECT_EQ((*writer)->bytes_appended(), data.size());
   EXPECT_EQ(store().GetAll("w/target").value_or(""), "old");
-  ASSERT_OK((*writer)->Commit());
+  GRANARY_ASSERT_OK((*writer)->Commit());
   Result<std::string> got = store().GetAll("w/target");
-  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  GRANARY_ASSERT_OK(got);
   EXPECT_EQ(got->size(), data.size());
   EXPECT_TRUE(*got == data);
   // A committed writer refuses more work.
@@ -175,8 +170,8 @@ TEST_P(StoreConformanceTest, WriterStreamsManyPartsInParallel) {
 
 TEST_P(StoreConformanceTest, EmptyWriterCommitsEmptyObject) {
   Result<std::unique_ptr<ObjectWriter>> writer = store().NewWriter("w/empty");
-  ASSERT_TRUE(writer.ok()) << writer.status().ToString();
-  ASSERT_OK((*writer)->Commit());
+  GRANARY_ASSERT_OK(writer);
+  GRANARY_ASSERT_OK((*writer)->Commit());
   EXPECT_EQ(store().Stat("w/empty")->size_bytes, 0u);
 }
 
@@ -184,31 +179,31 @@ TEST_P(StoreConformanceTest, AbortedOrDroppedWriterLeavesNothing) {
   const std::string data = Payload(8, (3u << 20) + 1);
   WriterOptions options;
   options.part_bytes = 1u << 20;
-  ASSERT_OK(store().Put("keep", "old value"));
+  GRANARY_ASSERT_OK(store().Put("keep", "old value"));
   {
     Result<std::unique_ptr<ObjectWriter>> writer = store().NewWriter("keep", options);
-    ASSERT_TRUE(writer.ok());
-    ASSERT_OK((*writer)->Append(AsBytes(data)));
-    ASSERT_OK((*writer)->Abort());
-    ASSERT_OK((*writer)->Abort());  // idempotent
+    GRANARY_ASSERT_OK(writer);
+    GRANARY_ASSERT_OK((*writer)->Append(AsBytes(data)));
+    GRANARY_ASSERT_OK((*writer)->Abort());
+    GRANARY_ASSERT_OK((*writer)->Abort());  // idempotent
     EXPECT_FALSE((*writer)->Append(AsBytes("x")).ok());
     EXPECT_FALSE((*writer)->Commit().ok());
   }
   {
     Result<std::unique_ptr<ObjectWriter>> writer = store().NewWriter("fresh/key", options);
-    ASSERT_TRUE(writer.ok());
-    ASSERT_OK((*writer)->Append(AsBytes(data)));
+    GRANARY_ASSERT_OK(writer);
+    GRANARY_ASSERT_OK((*writer)->Append(AsBytes(data)));
     // Destroyed without Commit.
   }
   {
     Result<std::unique_ptr<ObjectWriter>> writer = store().NewWriter("keep", options);
-    ASSERT_TRUE(writer.ok());
-    ASSERT_OK((*writer)->Append(AsBytes(data)));
+    GRANARY_ASSERT_OK(writer);
+    GRANARY_ASSERT_OK((*writer)->Append(AsBytes(data)));
   }
   EXPECT_EQ(store().GetAll("keep").value_or(""), "old value");
   EXPECT_EQ(store().Stat("fresh/key").status().code(), StatusCode::kNotFound);
   Result<std::vector<ObjectInfo>> all = store().List("");
-  ASSERT_TRUE(all.ok());
+  GRANARY_ASSERT_OK(all);
   ASSERT_EQ(all->size(), 1u);
   EXPECT_EQ((*all)[0].key, "keep");
 }

@@ -4,10 +4,10 @@
 #include <string>
 #include <vector>
 
+#include "core/testing/test_util.h"
 #include "store/local/local_store.h"
 #include "store/memory/memory_store.h"
 #include "store/testing/store_conformance.h"
-#include "store/testing/test_util.h"
 
 namespace granary::testing {
 namespace {
