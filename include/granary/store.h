@@ -26,6 +26,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -66,6 +67,16 @@ class ObjectWriter {
   // Appends bytes. Errors from earlier background parts surface here or at Commit; after an
   // error the Writer is aborted and every later call returns the same error.
   virtual Status Append(std::span<const std::byte> data) = 0;
+  // Appends bytes without copying them where the driver can: the writer reads `data` in the
+  // background until it calls `release` (exactly once, on any thread, also on error or abort),
+  // so the caller keeps the memory valid and unchanged until then. LocalStore writes 4 KiB-aligned
+  // memory at 4 KiB-aligned object offsets straight to the device with O_DIRECT; anything else is
+  // copied like Append (then released at once). Errors as for Append.
+  virtual Status AppendBorrowed(std::span<const std::byte> data, std::function<void()> release) {
+    Status s = Append(data);
+    release();
+    return s;
+  }
   // Makes the whole object visible atomically and durably. Errors (ResourceExhausted on a full
   // disk, ...) name the key; the previous object under the key, if any, stays intact.
   virtual Status Commit() = 0;

@@ -25,6 +25,8 @@ from .store import ObjectInfo, Store, Writer, open
 
 __all__ = [
     "__version__",
+    "Checkpointer",
+    "SaveHandle",
     "open",
     "Store",
     "Writer",
@@ -34,3 +36,15 @@ __all__ = [
     "UnavailableError",
     "ResourceExhaustedError",
 ]
+
+
+def __getattr__(name: str):  # PEP 562: torch-dependent parts load on first use
+    if name in ("Checkpointer", "SaveHandle"):
+        from . import checkpoint
+
+        return getattr(checkpoint, name)
+    if name in ("checkpoint", "dcp"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'granary' has no attribute {name!r}")

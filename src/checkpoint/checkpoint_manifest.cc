@@ -325,6 +325,7 @@ Result<std::string> EncodeManifest(const RankManifest& m) {
   Json body = {{"step", m.step}, {"rank", m.rank}, {"world_size", m.world_size},
                {"chunk_bytes", m.chunk_bytes}, {"tensors", std::move(tensors)},
                {"user_metadata", Json::parse(m.user_metadata_json, nullptr, false)}};
+  if (!m.save_id.empty()) body["save_id"] = m.save_id;
   GRANARY_ASSIGN_OR_RETURN(std::string text, Dump(body, what));
   return Wrap(kManifestMagic, text);
 }
@@ -342,6 +343,9 @@ Result<RankManifest> DecodeManifest(std::string_view bytes, std::string_view key
     return DataLossError(where + ": missing or mistyped top-level field");
   }
   GRANARY_ASSIGN_OR_RETURN(m.user_metadata_json, Dump(*meta, where));
+  if (json.contains("save_id") && !GetString(json, "save_id", &m.save_id)) {
+    return DataLossError(where + ": save_id is not a string");
+  }
   m.tensors.reserve(tensors->size());
   for (const Json& e : *tensors) {
     TensorEntry t;

@@ -43,6 +43,9 @@ struct RankManifest {
   uint64_t chunk_bytes = 0;         // checksum chunk size of every tensor in this manifest
   std::vector<TensorEntry> tensors;
   std::string user_metadata_json = "{}";  // a JSON object, stored verbatim as parsed JSON
+  // Identifies the save attempt across ranks (optional; "" omits it). Rank 0 commits only
+  // manifests carrying its own save_id, so a crashed attempt's leftovers are never committed.
+  std::string save_id;
 };
 
 // What COMMIT records about one rank's manifest.

@@ -63,25 +63,19 @@ Status RankWriter::Pad(uint64_t alignment) {
   return s.ok() ? s : Fail(s.WithContext("data file " + JoinKey(root_, file_key_)));
 }
 
-Status RankWriter::Add(const TensorData& t) {
+Status RankWriter::BeginTensor(const TensorData& t, uint64_t length) {
   GRANARY_RETURN_IF_ERROR(status_);
-  if (finished_) return FailedPreconditionError("RankWriter: Add after Finish");
+  if (finished_) return FailedPreconditionError("RankWriter: BeginTensor after Finish");
+  if (open_tensor_) return FailedPreconditionError("RankWriter: tensor \"" + open_tensor_->name + "\" not ended");
   TensorEntry e;
   e.name = t.name;
   e.dtype = t.dtype;
   e.shape = t.shape;
   e.global_shape = t.global_shape;
   e.global_offset = t.global_offset;
-  e.length = t.bytes.size();
+  e.length = length;
   if (names_.contains(t.name)) return InvalidArgumentError("tensor \"" + t.name + "\" added twice");
-  if (!file_ || file_->bytes_appended() >= options_.data_file_bytes) {
-    GRANARY_RETURN_IF_ERROR(OpenNextFile());
-  }
-  const bool large = e.length >= options_.align_threshold_bytes;
-  if (e.length > 0) GRANARY_RETURN_IF_ERROR(Pad(large ? kLargeAlignBytes : kSmallAlignBytes));
-  e.key = file_key_;
-  e.offset = file_->bytes_appended();
-  // Validate the entry (shape vs length, dtype, name) before appending its bytes.
+  // Validate the entry (shape vs length, dtype, name) before touching the data file.
   e.chunk_crc32c.resize((e.length + options_.chunk_bytes - 1) / options_.chunk_bytes);
   RankManifest probe;
   probe.step = manifest_.step;
@@ -89,23 +83,67 @@ Status RankWriter::Add(const TensorData& t) {
   probe.world_size = manifest_.world_size;
   probe.chunk_bytes = manifest_.chunk_bytes;
   probe.tensors.push_back(e);
+  probe.tensors.back().key = DataKey(manifest_.step, manifest_.rank, 0);
   GRANARY_RETURN_IF_ERROR(ValidateManifest(probe, "RankWriter"));
-  Xxh3_128Hasher hasher;
-  for (size_t i = 0; i < e.chunk_crc32c.size(); ++i) {
-    std::span<const std::byte> chunk =
-        t.bytes.subspan(i * options_.chunk_bytes,
-                        std::min<uint64_t>(options_.chunk_bytes, e.length - i * options_.chunk_bytes));
-    e.chunk_crc32c[i] = Crc32c(chunk.data(), chunk.size());
-    hasher.Update(chunk.data(), chunk.size());
-    Status s = file_->Append(chunk);
-    if (!s.ok()) {
-      return Fail(s.WithContext("tensor \"" + t.name + "\" in data file " + JoinKey(root_, file_key_)));
-    }
+  if (!file_ || file_->bytes_appended() >= options_.data_file_bytes) {
+    GRANARY_RETURN_IF_ERROR(OpenNextFile());
   }
-  e.xxh3 = hasher.Digest();
+  const bool large = e.length >= options_.align_threshold_bytes;
+  if (e.length > 0) GRANARY_RETURN_IF_ERROR(Pad(large ? kLargeAlignBytes : kSmallAlignBytes));
+  e.key = file_key_;
+  e.offset = file_->bytes_appended();
+  open_tensor_ = std::move(e);
+  open_appended_ = 0;
+  return Status::OK();
+}
+
+Status RankWriter::AppendBorrowed(std::span<const std::byte> piece, std::function<void()> release) {
+  if (!status_.ok() || !open_tensor_) {
+    if (release) release();
+    GRANARY_RETURN_IF_ERROR(status_);
+    return FailedPreconditionError("RankWriter: AppendBorrowed outside BeginTensor/EndTensor");
+  }
+  if (open_appended_ + piece.size() > open_tensor_->length) {
+    if (release) release();
+    return Fail(InvalidArgumentError("tensor \"" + open_tensor_->name + "\": more bytes than its shape holds"));
+  }
+  open_appended_ += piece.size();
+  // An empty release means "copy now": Add's bytes are only valid during the call.
+  Status s = release ? file_->AppendBorrowed(piece, std::move(release)) : file_->Append(piece);
+  if (!s.ok()) {
+    return Fail(s.WithContext("tensor \"" + open_tensor_->name + "\" in data file " + JoinKey(root_, file_key_)));
+  }
+  return Status::OK();
+}
+
+Status RankWriter::EndTensor(std::vector<uint32_t> chunk_crc32c, Hash128 xxh3) {
+  GRANARY_RETURN_IF_ERROR(status_);
+  if (!open_tensor_) return FailedPreconditionError("RankWriter: EndTensor without BeginTensor");
+  TensorEntry e = std::move(*open_tensor_);
+  open_tensor_.reset();
+  if (open_appended_ != e.length || chunk_crc32c.size() != e.chunk_crc32c.size()) {
+    return Fail(InvalidArgumentError("tensor \"" + e.name + "\": " + std::to_string(open_appended_) +
+                                     " bytes or checksums staged, shape needs " + std::to_string(e.length)));
+  }
+  e.chunk_crc32c = std::move(chunk_crc32c);
+  e.xxh3 = xxh3;
   names_.insert(e.name);
   manifest_.tensors.push_back(std::move(e));
   return Status::OK();
+}
+
+Status RankWriter::Add(const TensorData& t) {
+  GRANARY_RETURN_IF_ERROR(BeginTensor(t, t.bytes.size()));
+  std::vector<uint32_t> crcs;
+  Xxh3_128Hasher hasher;
+  for (uint64_t pos = 0; pos < t.bytes.size(); pos += options_.chunk_bytes) {
+    std::span<const std::byte> chunk =
+        t.bytes.subspan(pos, std::min<uint64_t>(options_.chunk_bytes, t.bytes.size() - pos));
+    crcs.push_back(Crc32c(chunk.data(), chunk.size()));
+    hasher.Update(chunk.data(), chunk.size());
+    GRANARY_RETURN_IF_ERROR(AppendBorrowed(chunk, nullptr));  // copied, see AppendBorrowed
+  }
+  return EndTensor(std::move(crcs), hasher.Digest());
 }
 
 Status RankWriter::AddExisting(const TensorEntry& entry) {

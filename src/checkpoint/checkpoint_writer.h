@@ -7,6 +7,8 @@
 #define GRANARY_CHECKPOINT_CHECKPOINT_WRITER_H_
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <memory>
 #include <span>
 #include <string>
@@ -65,6 +67,16 @@ class RankWriter {
   // duplicate name, unknown dtype or a size that does not match shape and dtype; store errors
   // name the data file.
   Status Add(const TensorData& tensor);
+  // Streaming form of Add for bytes that arrive in pieces with checksums computed by the caller:
+  // BeginTensor (the metadata of `tensor`, whose `bytes` is ignored, and its total length), then
+  // AppendBorrowed for each piece in order (the writer reads it in the background and calls
+  // `release` when done, see ObjectWriter::AppendBorrowed; a null `release` copies the piece
+  // before returning), then EndTensor with the crc32c of
+  // every chunk_bytes chunk and the XXH3-128 of all bytes. Errors as for Add; EndTensor fails
+  // with InvalidArgument if fewer or more bytes than announced were appended.
+  Status BeginTensor(const TensorData& tensor, uint64_t length);
+  Status AppendBorrowed(std::span<const std::byte> piece, std::function<void()> release);
+  Status EndTensor(std::vector<uint32_t> chunk_crc32c, Hash128 xxh3);
   // Records a tensor whose bytes already live in an earlier step's data file (incremental
   // save): the entry is copied into the manifest unchanged after validation.
   Status AddExisting(const TensorEntry& entry);
@@ -89,6 +101,8 @@ class RankWriter {
   std::string file_key_;                // its key relative to root
   uint32_t next_file_index_ = 0;
   bool finished_ = false;
+  std::optional<TensorEntry> open_tensor_;  // between BeginTensor and EndTensor
+  uint64_t open_appended_ = 0;               // bytes appended to open_tensor_
   Status status_;                       // first error; sticky
 };
 

@@ -2,6 +2,9 @@
 // imports `granary`, never this module directly; python/granary/_core.pyi describes it.
 #include <pybind11/pybind11.h>
 
+#include "buffer_py.h"
+#include "checkpoint_py.h"
+#include "core/checksum.h"
 #include "status_py.h"
 #include "store_py.h"
 
@@ -14,4 +17,15 @@ PYBIND11_MODULE(_core, m) {
   m.attr("__version__") = GRANARY_VERSION;
   granary::python::InitErrors(m);
   granary::python::RegisterStore(m);
+  granary::python::RegisterCheckpoint(m);
+  m.def(
+      "crc32c",
+      [](pybind11::handle data, uint32_t crc) {
+        granary::python::BufferView view = granary::python::BufferView::Readable(data, "data");
+        std::span<const std::byte> bytes = view.const_span();
+        pybind11::gil_scoped_release release;
+        return granary::Crc32c(bytes.data(), bytes.size(), crc);
+      },
+      pybind11::arg("data"), pybind11::arg("crc") = 0,
+      "CRC-32C (Castagnoli) of a bytes-like object; pass a previous result as crc to extend.");
 }

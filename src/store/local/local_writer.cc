@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstring>
 #include <deque>
+#include <functional>
 #include <future>
 #include <string>
 #include <utility>
@@ -42,6 +43,40 @@ class LocalWriter final : public ObjectWriter {
            in_flight_.front().wait_for(std::chrono::seconds(0)) == std::future_status::ready) {
       if (Status s = WaitOldest(); !s.ok()) return Fail(s);
     }
+    return Status::OK();
+  }
+
+  Status AppendBorrowed(std::span<const std::byte> data, std::function<void()> release) override {
+    // Calls `release` once when the last background part reading `data` is done (or now).
+    auto guard = std::shared_ptr<void>(nullptr, [r = std::move(release)](void*) { r(); });
+    GRANARY_RETURN_IF_ERROR(CheckOpen("AppendBorrowed"));
+    const uint64_t position = next_offset_ + fill_;
+    const size_t body = data.size() & ~(kDirectIoAlignment - 1);
+    const bool zero_copy = temp_.direct && body > 0 && position % kDirectIoAlignment == 0 &&
+                           fill_ % kDirectIoAlignment == 0 &&
+                           reinterpret_cast<uintptr_t>(data.data()) % kDirectIoAlignment == 0;
+    if (!zero_copy) return Append(data);
+    if (fill_ > 0) SubmitPart();  // an aligned partial part: O_DIRECT can write it as it is
+    staging_ = BufferPool::Lease();
+    for (size_t done = 0; done < body;) {
+      while (!in_flight_.empty() && in_flight_.size() >= options_.max_parts_in_flight) {
+        if (Status s = WaitOldest(); !s.ok()) return Fail(s);
+      }
+      const size_t length = std::min(options_.part_bytes, body - done);
+      FileSystem* fs = root_->fs();
+      const File* file = &temp_.file;
+      auto task = [fs, file, offset = next_offset_, src = data.subspan(done, length),
+                   guard]() mutable -> Status {
+        Status s = fs->WriteAt(*file, offset, src);
+        guard.reset();  // release before the future becomes ready
+        return s;
+      };
+      in_flight_.push_back(root_->background().Submit(std::move(task)));
+      next_offset_ += length;
+      appended_ += length;
+      done += length;
+    }
+    if (body < data.size()) return Append(data.subspan(body));
     return Status::OK();
   }
 
