@@ -238,8 +238,10 @@ Result<GcReport> CollectGarbage(ObjectStore& store, std::string_view root,
   // Act, in ascending step order: a crash midway leaves the oldest steps gone first.
   std::set<uint64_t> removed;
   for (const auto& [step, state] : steps) {
-    const bool remove = std::binary_search(remove_committed.begin(), remove_committed.end(), step) ||
-                        std::binary_search(remove_uncommitted.begin(), remove_uncommitted.end(), step);
+    const auto listed = [step](const std::vector<uint64_t>& v) {
+      return std::binary_search(v.begin(), v.end(), step);
+    };
+    const bool remove = listed(remove_committed) || listed(remove_uncommitted);
     if (!remove) continue;
     GRANARY_RETURN_IF_ERROR(DeleteStep(store, state, refs, dry_run, &report)
                                 .WithContext("removing step " + std::to_string(step)));

@@ -62,7 +62,8 @@ inline Result<std::vector<RankManifest>> WriteStep(ObjectStore& store, std::stri
       TensorData t{name, "uint8", {size}, {}, {}, granary::testing::AsBytes(bytes)};
       GRANARY_RETURN_IF_ERROR(writer->Add(t));
     }
-    GRANARY_RETURN_IF_ERROR(writer->SetUserMetadata("{\"step\": " + std::to_string(spec.step) + "}"));
+    GRANARY_RETURN_IF_ERROR(
+        writer->SetUserMetadata("{\"step\": " + std::to_string(spec.step) + "}"));
     GRANARY_ASSIGN_OR_RETURN(RankManifest m, writer->Finish());
     manifests.push_back(std::move(m));
   }

@@ -42,7 +42,9 @@ Status VerifyRank(ObjectStore& store, std::string_view root, const RankManifest&
   while (t < tensors.size()) {
     // Zero-length tensors have no chunks; only their hash can be checked.
     if (tensors[t].chunk_crc32c.empty()) {
-      if (Xxh3_128(nullptr, 0) != tensors[t].xxh3) add_problem(t, "XXH3-128 mismatch (empty tensor)");
+      if (Xxh3_128(nullptr, 0) != tensors[t].xxh3) {
+        add_problem(t, "XXH3-128 mismatch (empty tensor)");
+      }
       ++t;
       continue;
     }
@@ -67,6 +69,8 @@ Status VerifyRank(ObjectStore& store, std::string_view root, const RankManifest&
         c = 0;
       }
     }
+    // The buffer holds at least one chunk (VerifyStep sizes it), so every batch makes progress.
+    if (ops.empty()) return InternalError("VerifyStep: buffer smaller than one chunk");
     GRANARY_RETURN_IF_ERROR(store.GetMany(ops));
     for (size_t i = 0; i < ops.size(); ++i) {
       const size_t ti = units[i].tensor, ci = units[i].chunk;

@@ -7,7 +7,8 @@ uint64_t AlignUp(uint64_t x) { return (x + kDirectIoAlignment - 1) & ~uint64_t{k
 
 Result<std::unique_ptr<StagingRing>> StagingRing::Create(uint64_t capacity_bytes) {
   if (capacity_bytes == 0) return InvalidArgumentError("staging ring: capacity must be > 0");
-  Result<AlignedBuffer> buffer = AlignedBuffer::Allocate(AlignUp(capacity_bytes));
+  // 2 MiB alignment: huge pages fault in faster and copies into them miss the TLB less.
+  Result<AlignedBuffer> buffer = AlignedBuffer::Allocate(AlignUp(capacity_bytes), 2u << 20);
   if (!buffer.ok()) return buffer.status().WithContext("checkpoint staging memory");
   return std::unique_ptr<StagingRing>(new StagingRing(std::move(buffer).value()));
 }

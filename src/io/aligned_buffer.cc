@@ -20,6 +20,7 @@ namespace granary {
 namespace {
 
 constexpr size_t kPageBytes = 4096;
+constexpr size_t kHugePageBytes = 2u << 20;
 // Buffers at least this large come straight from mmap (zeroed by the kernel, returned to it on
 // free); smaller ones come from the heap. The destructor tells them apart by size alone.
 constexpr size_t kMmapThresholdBytes = 256u << 10;
@@ -74,6 +75,9 @@ Result<AlignedBuffer> AlignedBuffer::Allocate(size_t size_bytes, size_t alignmen
                                   " bytes");
   }
   if (size >= kMmapThresholdBytes) {
+    // Huge-page-aligned buffers ask for transparent huge pages: faulting them in is several times
+    // faster on VMs (one fault per 2 MiB), and copies into them miss the TLB less.
+    if (alignment >= kHugePageBytes) madvise(data, size, MADV_HUGEPAGE);  // advisory only
     PreFault(data, size);  // anonymous pages are already zero
   } else {
     std::memset(data, 0, size);  // heap memory may be recycled; zero it (this also faults it)

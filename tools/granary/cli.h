@@ -50,6 +50,10 @@ int RunCat(int argc, char** argv);
 int RunPut(int argc, char** argv);
 int RunRm(int argc, char** argv);
 
+// `granary ckpt ls|show|verify|rm|gc URL ...` (ckpt_commands.cc): checkpoint inspection,
+// verification and retention; argv starts at "ckpt".
+int RunCkpt(int argc, char** argv);
+
 }  // namespace granary::cli
 
 #endif  // GRANARY_TOOLS_GRANARY_CLI_H_

@@ -39,6 +39,7 @@ constexpr Command kCommands[] = {
     {"cat", "write an object to stdout", RunCat},
     {"put", "store a file or stdin as an object", RunPut},
     {"rm", "delete objects", RunRm},
+    {"ckpt", "list, show, verify and garbage-collect checkpoints", RunCkpt},
     {"doctor", "measure what this machine's disk and memory can do", RunDoctorCommand},
     {"version", "print the version", RunVersion},
 };
