@@ -61,7 +61,8 @@ test-cpp: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
 test-py: install-py
-	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider --timeout=900 python/tests bench/test_harness.py
+	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider --timeout=900 python/tests bench/test_harness.py \
+	  bench/test_checkpoint_bench.py
 
 test-asan: $(STAMPS)/apt
 	@test -f $(ASAN_BUILD)/build.ninja || cmake -S . -B $(ASAN_BUILD) -G Ninja \
@@ -83,6 +84,7 @@ test-install: $(STAMPS)/apt
 demo: install-py
 	$(VENV)/bin/granary doctor --quick build/demo-doctor
 	$(VPY) examples/store_roundtrip.py build/demo-store
+	OMP_NUM_THREADS=2 $(VPY) examples/checkpoint_demo.py build/demo-checkpoint
 
 bench: install-py
 	OMP_NUM_THREADS=2 $(VPY) bench/run_all.py
