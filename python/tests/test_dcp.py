@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pathlib
 import pickle
-import socket
 import subprocess
 import sys
 import textwrap
@@ -164,7 +163,7 @@ def test_async_save_in_a_background_process(tmp_dir: pathlib.Path) -> None:
 
             if __name__ == "__main__":
                 dist.init_process_group(
-                    "gloo", init_method="tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+                    "gloo", init_method="file://{tmp_dir / 'pg-init'}", rank=0, world_size=1
                 )
                 url = {str(tmp_dir / "ck")!r}
                 state = {{"w": torch.arange(1000.0).reshape(10, 100), "step": 7}}
@@ -426,12 +425,6 @@ def test_import_granary_does_not_import_torch() -> None:
 # -- two processes (gloo on 127.0.0.1) ----------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _ROWS, _COLS = 10, 6
 
 
@@ -444,11 +437,13 @@ def _full(name: str) -> torch.Tensor:
     return base + (1000 if name == "w2" else 0)
 
 
-def _dist_worker(rank: int, world_size: int, port: int, url: str) -> None:
+def _dist_worker(rank: int, world_size: int, init_file: str, url: str) -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
+    # A file rendezvous: no port to race for (a free port picked by the parent can be taken by
+    # the time the workers bind it).
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
     )
     try:
         from torch.distributed.device_mesh import init_device_mesh
@@ -496,7 +491,7 @@ def test_two_ranks_save_dtensor_and_reshard(tmp_dir: pathlib.Path) -> None:
     import torch.multiprocessing as mp
 
     url = f"file://{tmp_dir}/ck"
-    mp.spawn(_dist_worker, args=(2, _free_port(), url), nprocs=2, join=True)
+    mp.spawn(_dist_worker, args=(2, str(tmp_dir / "pg-init"), url), nprocs=2, join=True)
 
     # Resharded to one process: full tensors from two ranks' shards.
     one = {
