@@ -162,11 +162,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds per random-read run (default 5; 1 with --quick)")
     parser.add_argument("--dir", default=str(REPO / "build" / "bench"),
                         help="directory for the test files (default: build/bench in the repo)")
-    parser.add_argument("--only", default="", help="point ids or prefixes, comma-separated")
+    parser.add_argument("--only", default="",
+                        help="doctor_vs_fio point ids or prefixes, comma-separated")
     parser.add_argument("--granary", default=None, help="path of the granary binary")
     parser.add_argument("--fio", default=None, help="path of fio")
     parser.add_argument("--quick", action="store_true",
-                        help="256 MiB file and 1 s random reads (rounds stay as given)")
+                        help="256 MiB file and 1 s random reads (rounds stay as given); in "
+                             "run_all.py also checkpoint_bench.py --quick")
 
 
 def run(args: argparse.Namespace, out=sys.stdout, log=sys.stderr) -> list[dict]:

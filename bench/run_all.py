@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Runs every granary benchmark (`make bench`): JSON lines as results arrive, then one Markdown
-table of all of them. Benchmarks so far: doctor_vs_fio.
+table of all of them. Benchmarks: doctor_vs_fio (granary doctor against fio), checkpoint
+(checkpoint_bench.py: granary's checkpointer against torch.save and torch.distributed.checkpoint,
+plus a training loop that saves while it trains).
 
-Usage: run_all.py [--rounds 5] [--quick] [--size-mib N] [--runtime-s S] [--dir DIR]
-                  [--jsonl FILE] [--granary PATH] [--fio PATH]
+Usage: run_all.py [--rounds 5] [--quick] [--skip BENCH,...] [--bench BENCH,...] [--dir DIR]
+                  [--jsonl FILE] [--granary PATH]
+                  doctor_vs_fio: [--size-mib N] [--runtime-s S] [--only POINTS] [--fio PATH]
+                  checkpoint: [--sizes-gib 2,8] [--contenders ...] [--no-train] ...
+                  (see checkpoint_bench.py --help)
 """
 
 from __future__ import annotations
@@ -17,19 +22,41 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import checkpoint_bench  # noqa: E402
 import doctor_vs_fio  # noqa: E402
 import harness  # noqa: E402
+
+BENCHES = {"doctor_vs_fio": doctor_vs_fio, "checkpoint": checkpoint_bench}
+
+
+def goal(result: dict) -> float:
+    """The ratio a result should reach: its goal_ratio (checkpoint: granary's contenders only),
+    0.9 for doctor_vs_fio, none (0) otherwise."""
+    if result.get("goal_ratio") is not None:
+        return result["goal_ratio"]
+    return 0.9 if result["bench"] == doctor_vs_fio.BENCH else 0.0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     doctor_vs_fio.add_arguments(parser)
+    checkpoint_bench.add_arguments(parser, standalone=False)
     parser.add_argument("--jsonl", default=None, help="also append the JSON lines to FILE")
+    parser.add_argument("--bench", default=",".join(BENCHES),
+                        help=f"benchmarks to run, comma-separated (default: {','.join(BENCHES)})")
+    parser.add_argument("--skip", default="", help="benchmarks to leave out, comma-separated")
     args = parser.parse_args()
+    chosen = [b for b in args.bench.split(",") if b]
+    skip = [b for b in args.skip.split(",") if b]
+    unknown = [b for b in chosen + skip if b not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHES)}")
+    chosen = [b for b in chosen if b not in skip]
 
     started = datetime.datetime.now().astimezone()
     results: list[dict] = []
-    results += doctor_vs_fio.run(args)
+    for name in chosen:
+        results += BENCHES[name].run(args)
 
     if args.jsonl:
         with open(args.jsonl, "a") as f:
@@ -41,13 +68,22 @@ def main() -> int:
           f"interleaved rounds; ratio = granary / ceiling of the medians (ceiling / granary for "
           f"latencies); paired ratio = median of the per-round ratios")
     print()
-    print(harness.markdown_table(results))
-    low = [r for r in results if r.get("paired_ratio") is not None and r["paired_ratio"] < 0.9
-           and not r.get("is_ceiling")]
+    doctor = [r for r in results if r["bench"] == doctor_vs_fio.BENCH]
+    if doctor:
+        print(harness.markdown_table(doctor))
+    ckpt = [r for r in results if r["bench"] in (checkpoint_bench.BENCH,
+                                                  checkpoint_bench.TRAIN_BENCH)]
+    if ckpt:
+        if doctor:
+            print()
+        print(checkpoint_bench.markdown_table(ckpt))
+    low = [r for r in results if r.get("paired_ratio") is not None and not r.get("is_ceiling")
+           and r["paired_ratio"] < goal(r)]
     if low:
         print()
-        print(f"{len(low)} result(s) below 0.9 of the ceiling (paired ratio): "
-              + ", ".join(f"{r['bench']} {r['what']} ({r['paired_ratio']:.2f})" for r in low))
+        print(f"{len(low)} result(s) below their goal (paired ratio to the ceiling): "
+              + ", ".join(f"{r['bench']} {r['contender']} {r['what']} ({r['paired_ratio']:.2f} "
+                          f"< {goal(r):.2f})" for r in low))
     return 0
 
 
