@@ -122,6 +122,8 @@ class _Flattener:
 
     def _name(self, path: List[str]) -> str:
         base = "/".join(path) or "tensor"
+        if not _utf8(base):  # a key with lone surrogates: names must be valid UTF-8
+            base = base.encode("utf-8", "backslashreplace").decode("utf-8")
         name, n = base, 1
         while name in self._names:
             name, n = f"{base}#{n}", n + 1
@@ -129,7 +131,7 @@ class _Flattener:
         return name
 
     def key(self, k: Any, where: str) -> Dict[str, Any]:
-        if isinstance(k, str):
+        if type(k) is str and _utf8(k):
             return {"s": k}
         if isinstance(k, int) and not isinstance(k, bool) and -(1 << 63) <= k < (1 << 63):
             return {"i": k}
@@ -140,6 +142,9 @@ class _Flattener:
         if isinstance(obj, torch.Tensor):
             if obj.layout != torch.strided:
                 raise ValueError(f"{where}: {obj.layout} tensors are not supported; save a dense tensor")
+            if obj.is_quantized:
+                raise ValueError(f"{where}: quantized tensors are not supported (their scale and zero "
+                                 f"point would be lost); save int_repr() and the parameters")
             self.tensors.append((self._name(path), obj))
             return {"T": len(self.tensors) - 1}
         if isinstance(obj, Mapping):
@@ -148,13 +153,48 @@ class _Flattener:
             return {"l": [self.node(v, path + [str(i)]) for i, v in enumerate(obj)]}
         if type(obj) is tuple:
             return {"t": [self.node(v, path + [str(i)]) for i, v in enumerate(obj)]}
-        if obj is None or isinstance(obj, (bool, str)):
+        if obj is None or isinstance(obj, bool) or (type(obj) is str and _utf8(obj)):
             return {"v": obj}
         if type(obj) is int and -(1 << 63) <= obj < (1 << 63):
             return {"v": obj}
         if type(obj) is float and math.isfinite(obj):
             return {"v": obj}
         return _pickled(obj, where)
+
+
+def _copy_flat_range(dest: torch.Tensor, t: torch.Tensor, begin: int, end: int) -> None:
+    """Copies elements [begin, end) of `t` in row-major order into the 1-d `dest`, without
+    materializing more of `t` than that range (t may be strided or on a device)."""
+    if begin == end:
+        return
+    if t.dim() <= 1:
+        dest.copy_(t.reshape(-1)[begin:end])
+        return
+    inner = t[0].numel()
+    r0, r1 = begin // inner, end // inner
+    if r0 == r1:
+        _copy_flat_range(dest, t[r0], begin - r0 * inner, end - r0 * inner)
+        return
+    pos = 0
+    if begin % inner:
+        pos = inner - begin % inner
+        _copy_flat_range(dest[:pos], t[r0], begin % inner, inner)
+        r0 += 1
+    if r1 > r0:
+        rows = t[r0:r1]
+        dest[pos:pos + rows.numel()].view(rows.shape).copy_(rows)
+        pos += rows.numel()
+    if end % inner:
+        _copy_flat_range(dest[pos:], t[r1], 0, end % inner)
+
+
+def _utf8(s: str) -> bool:
+    """True if `s` is valid Unicode (no lone surrogates), so the manifest's JSON can hold it."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _walk_into(into: Any, key: Any) -> Any:
@@ -291,8 +331,18 @@ class Checkpointer:
                 del dest, view
                 session.commit_piece()
             else:
-                c = t.contiguous().cpu()
-                session.copy_in_many([(i, c.data_ptr(), nbytes)])
+                # Larger than a piece (a budget is set): stage piece by piece rather than through
+                # a contiguous copy of the whole tensor, which would exceed the budget.
+                element = t.element_size()
+                offset = 0
+                while offset < nbytes:
+                    view = session.reserve(i, offset)
+                    n = view.nbytes  # a multiple of the element size (whole 4 MiB chunks)
+                    dest = torch.frombuffer(view, dtype=torch.uint8).view(t.dtype)
+                    _copy_flat_range(dest, t, offset // element, (offset + n) // element)
+                    del dest, view
+                    session.commit_piece()
+                    offset += n
         if batch:
             session.copy_in_many(batch)
 

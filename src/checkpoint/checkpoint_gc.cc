@@ -235,7 +235,20 @@ Result<GcReport> CollectGarbage(ObjectStore& store, std::string_view root,
   report.removed_steps = remove_committed;
   report.removed_uncommitted_steps = remove_uncommitted;
 
-  // Act, in ascending step order: a crash midway leaves the oldest steps gone first.
+  // Act. First unpublish every committed step being removed (COMMIT objects only), so that a
+  // crash midway never leaves a visible step whose data an earlier removal already deleted
+  // (a removed step may reference data files of an older removed step). Then delete the rest,
+  // in ascending step order.
+  for (uint64_t step : remove_committed) {
+    for (const StepObject& o : steps.at(step).objects) {
+      if (o.kind != ObjectKind::kCommit || dry_run) continue;
+      Status s = store.Delete(o.info.key);
+      if (s.code() == StatusCode::kNotFound) continue;
+      if (!s.ok()) return s.WithContext("removing step " + std::to_string(step));
+      ++report.objects_removed;  // DeleteStep below then finds it gone and skips it
+      report.bytes_removed += o.info.size_bytes;
+    }
+  }
   std::set<uint64_t> removed;
   for (const auto& [step, state] : steps) {
     const auto listed = [step](const std::vector<uint64_t>& v) {

@@ -148,6 +148,69 @@ TEST_P(CheckpointGcTest, IncrementalReferencesStayAliveAcrossRemoval) {
   EXPECT_EQ(verify.tensors, 3u);
 }
 
+// Forwards to a store but fails every Delete after the first `deletes_left`: a collector that
+// dies midway (fault injection for the order of deletions).
+class DeleteBudgetStore final : public ObjectStore {
+ public:
+  DeleteBudgetStore(ObjectStore* base, int deletes_left) : base_(base), left_(deletes_left) {}
+  std::string url() const override { return base_->url(); }
+  Result<ObjectInfo> Stat(std::string_view k) override { return base_->Stat(k); }
+  Result<size_t> Get(std::string_view k, uint64_t o, std::span<std::byte> d) override {
+    return base_->Get(k, o, d);
+  }
+  Status GetMany(std::span<ReadOp> ops) override { return base_->GetMany(ops); }
+  Status Put(std::string_view k, std::span<const std::byte> d) override { return base_->Put(k, d); }
+  Status PutIfAbsent(std::string_view k, std::span<const std::byte> d) override {
+    return base_->PutIfAbsent(k, d);
+  }
+  Result<std::unique_ptr<ObjectWriter>> NewWriter(std::string_view k, const WriterOptions& o) override {
+    return base_->NewWriter(k, o);
+  }
+  Status Delete(std::string_view k) override {
+    if (left_-- <= 0) return UnavailableError("injected: collector died before deleting " + std::string(k));
+    return base_->Delete(k);
+  }
+  Result<ObjectPage> ListPage(std::string_view p, std::string_view a, size_t n) override {
+    return base_->ListPage(p, a, n);
+  }
+
+ private:
+  ObjectStore* base_;
+  int left_;
+};
+
+TEST_P(CheckpointGcTest, ACollectorDyingMidwayNeverLeavesAVisibleStepWithMissingData) {
+  // Steps 1..4; step 2 reuses step 1's "a", step 3 reuses step 2's "a" (step 1's file). With
+  // keep_last = 1 steps 1-3 go; whenever the collector dies, every visible step must verify.
+  for (int budget = 0; budget < 20; ++budget) {
+    SCOPED_TRACE("deletes before the crash: " + std::to_string(budget));
+    root_ = "gc-crash-" + std::to_string(budget);
+    StepSpec spec;
+    spec.tensors = {{"a", 5000}, {"b", 300}};
+    spec.step = 1;
+    GRANARY_ASSERT_OK_AND_ASSIGN(auto m1, WriteStep(*store_, root_, spec));
+    spec.step = 2;
+    spec.reuse_from = &m1;
+    spec.reused = {"a"};
+    GRANARY_ASSERT_OK_AND_ASSIGN(auto m2, WriteStep(*store_, root_, spec));
+    spec.step = 3;
+    spec.reuse_from = &m2;
+    GRANARY_ASSERT_OK_AND_ASSIGN(auto m3, WriteStep(*store_, root_, spec));
+    spec.step = 4;
+    spec.reuse_from = nullptr;
+    spec.reused = {};
+    GRANARY_ASSERT_OK(WriteStep(*store_, root_, spec).status());
+    DeleteBudgetStore dying(store_.get(), budget);
+    RetentionPolicy policy;
+    policy.keep_last = 1;
+    CollectGarbage(dying, root_, policy).status().IgnoreError();  // dies midway (or finishes)
+    for (uint64_t step : Committed()) {
+      GRANARY_ASSERT_OK_AND_ASSIGN(VerifyReport verify, VerifyStep(*store_, root_, step));
+      GRANARY_EXPECT_OK(verify.ToStatus()) << "step " << step;
+    }
+  }
+}
+
 TEST_P(CheckpointGcTest, CrashedSaveLeftoversAreRemoved) {
   Commit(1);
   // Step 2: data and manifest, no COMMIT. Step 3: a COMMIT that is garbage. Step 4: only a

@@ -69,6 +69,30 @@ Result<std::vector<uint64_t>> TensorLengths(const std::vector<TensorSpec>& specs
   return lengths;
 }
 
+// The newest step whose COMMIT decodes, if any. Lists the keys but reads only the newest
+// COMMITs (ListCommittedSteps would read every one, on the caller's thread at each BeginSave).
+Result<std::optional<uint64_t>> NewestCommittedStep(ObjectStore& store, const std::string& root) {
+  const std::string prefix = JoinKey(root, kStepPrefix);
+  const size_t root_len = prefix.size() - kStepPrefix.size();
+  GRANARY_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, store.List(prefix));
+  std::vector<uint64_t> steps;
+  for (const ObjectInfo& info : objects) {
+    if (std::optional<uint64_t> step = ParseCommitKey(std::string_view(info.key).substr(root_len))) {
+      steps.push_back(*step);
+    }
+  }
+  std::sort(steps.rbegin(), steps.rend());
+  for (uint64_t step : steps) {
+    Result<CommitRecord> commit = ReadCommit(store, root, step);
+    if (commit.ok()) return std::optional<uint64_t>(step);
+    const StatusCode code = commit.status().code();
+    if (code != StatusCode::kDataLoss && code != StatusCode::kInvalidArgument && code != StatusCode::kNotFound) {
+      return commit.status();  // a store error, not a damaged (invisible) COMMIT
+    }
+  }
+  return std::optional<uint64_t>();
+}
+
 }  // namespace
 
 CheckpointerImpl::CheckpointerImpl(std::shared_ptr<ObjectStore> store, std::string root,
@@ -81,11 +105,21 @@ CheckpointerImpl::~CheckpointerImpl() {
 }
 
 void CheckpointerImpl::JoinPersister(std::unique_lock<std::mutex>& lock) {
-  if (!persister_.joinable()) return;
-  std::thread t = std::move(persister_);
-  lock.unlock();
-  t.join();
-  lock.lock();
+  // Another BeginSave may be joining (with mu_ released) or may have started the next save
+  // meanwhile: loop until neither, so only one save ever persists.
+  while (joining_ || persister_.joinable()) {
+    if (joining_) {
+      joined_cv_.wait(lock);
+      continue;
+    }
+    std::thread t = std::move(persister_);
+    joining_ = true;
+    lock.unlock();
+    t.join();
+    lock.lock();
+    joining_ = false;
+    joined_cv_.notify_all();
+  }
 }
 
 Status CheckpointerImpl::PrepareRing(uint64_t total_bytes, uint64_t* max_piece_bytes) {
@@ -128,6 +162,13 @@ Result<std::unique_ptr<SaveSession>> CheckpointerImpl::BeginSave(uint64_t step,
   Result<ObjectInfo> committed = store_->Stat(JoinKey(root_, CommitKey(step)));
   if (committed.ok()) return AlreadyExistsError(what + " is already committed in " + url());
   if (committed.status().code() != StatusCode::kNotFound) return committed.status().WithContext(what);
+  Result<std::optional<uint64_t>> newest = NewestCommittedStep(*store_, root_);
+  if (!newest.ok()) return newest.status().WithContext(what);
+  if (*newest && step < **newest) {
+    return FailedPreconditionError(what + " is not above the newest committed step " +
+                                   std::to_string(**newest) + " in " + url() +
+                                   " (steps only go up; remove newer steps with 'granary ckpt rm' to go back)");
+  }
   uint64_t total = 0;
   for (uint64_t n : *lengths) total += AlignUp(n, kDirectIoAlignment);
   uint64_t max_piece = 0;

@@ -7,6 +7,7 @@
 #ifndef GRANARY_CHECKPOINT_CHECKPOINTER_IMPL_H_
 #define GRANARY_CHECKPOINT_CHECKPOINTER_IMPL_H_
 
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -46,7 +47,8 @@ class CheckpointerImpl final : public Checkpointer {
   void Persist(std::shared_ptr<SaveState> save, StagingRing* ring, uint64_t max_piece_bytes);
   Status PersistPieces(SaveState& save, StagingRing* ring, RankWriter& writer, SaveStats* stats);
   Status CommitAcrossRanks(SaveState& save, const ManifestRef& ref);
-  // Waits for the save in flight and joins its thread. REQUIRES(mu_ held by caller's lock)
+  // Waits for the save in flight and joins its thread; returns with `lock` held and no persister
+  // running or being joined, so the caller may start the next one. REQUIRES(mu_ held by `lock`)
   void JoinPersister(std::unique_lock<std::mutex>& lock);
   // Ring able to hold `total_bytes` (auto budget) or of budget_bytes; the largest piece.
   Status PrepareRing(uint64_t total_bytes, uint64_t* max_piece_bytes);
@@ -60,6 +62,8 @@ class CheckpointerImpl final : public Checkpointer {
   std::mutex mu_;
   std::shared_ptr<SaveState> current_;  // the last save started. GUARDED_BY(mu_)
   std::thread persister_;               // its thread. GUARDED_BY(mu_)
+  bool joining_ = false;                // a thread is joining the persister. GUARDED_BY(mu_)
+  std::condition_variable joined_cv_;   // signalled when joining_ turns false
   std::unique_ptr<StagingRing> ring_;   // GUARDED_BY(mu_) (used by one save at a time)
   std::mutex base_mu_;
   // Incremental base: the manifest of the last save committed or fully loaded by this process.

@@ -2,6 +2,7 @@
 // tensors whose content equals the base manifest's (incremental), hands the rest to the
 // RankWriter without copying (the ring region is freed when its bytes are on disk), then makes
 // the manifest durable, commits across ranks, writes `latest` and runs retention.
+#include <algorithm>
 #include <chrono>
 #include <thread>
 #include <unordered_map>
@@ -157,8 +158,33 @@ Status CheckpointerImpl::CommitAcrossRanks(SaveState& save, const ManifestRef& o
       }
     }
   }
-  GRANARY_RETURN_IF_ERROR(PublishCommit(*store_, root_, step, options_.world_size, std::move(refs)));
-  return WriteLatest(*store_, root_, step);
+  std::sort(refs.begin(), refs.end(),
+            [](const ManifestRef& a, const ManifestRef& b) { return a.rank < b.rank; });
+  Status published = PublishCommit(*store_, root_, step, options_.world_size, refs);
+  if (!published.ok()) {
+    // A store may fail after the COMMIT became visible (LocalStore: the directory fsync after
+    // the rename). The caller is told the save failed, so it must not stay visible: withdraw
+    // our own COMMIT (never another save's: AlreadyExists, or a different record, is left).
+    if (published.code() != StatusCode::kAlreadyExists) {
+      Result<CommitRecord> visible = ReadCommit(*store_, root_, step);
+      if (visible.ok() && visible->world_size == options_.world_size && visible->manifests == refs) {
+        Status withdrawn = store_->Delete(JoinKey(root_, CommitKey(step)));
+        if (!withdrawn.ok()) {
+          GRANARY_LOG_WARN("checkpoint step %llu: could not withdraw the COMMIT of the failed save: %s",
+                           static_cast<unsigned long long>(step), withdrawn.ToString().c_str());
+        }
+      }
+    }
+    return published;
+  }
+  // The step is committed (visible and durable) now: reporting a failure would tell the caller
+  // it was not saved while it is the newest checkpoint. `latest` is only a hint readers verify.
+  Status latest = WriteLatest(*store_, root_, step);
+  if (!latest.ok()) {
+    GRANARY_LOG_WARN("checkpoint step %llu is committed, but writing the latest hint failed: %s",
+                     static_cast<unsigned long long>(step), latest.ToString().c_str());
+  }
+  return Status::OK();
 }
 
 void CheckpointerImpl::Persist(std::shared_ptr<SaveState> save, StagingRing* ring,
