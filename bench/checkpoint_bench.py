@@ -32,7 +32,10 @@ Each round runs every contender once, in an order that rotates between rounds (b
                     until save() returns, durable = until handle.wait() returns;
                     ckpt.load(1, into=state) cold
   granary.dcp       dcp.save / dcp.load with granary.dcp.Writer(url) / granary.dcp.Reader(url)
-  granary.dcp.async dcp.async_save with granary.dcp.Writer(url)
+  granary.dcp.async dcp.async_save with granary.dcp.Writer(url), async_stager=granary.dcp.Stager()
+                    (one per contender run, as a job keeps one); like granary, a first save
+                    untimed except for first_stall_s (it allocates the staging buffers), then
+                    the measured save
 
 A contender whose API is missing (granary.Checkpointer, granary.dcp) is skipped with a note;
 one that raises is dropped for the rest of the run with the error printed. Loads go in place
@@ -58,8 +61,9 @@ ratios):
                   until durable (staging copies show up here; the page cache does not)
   disk_GB         bytes allocated on disk by the checkpoint (st_blocks, like du)
   memcpy_GBps     ceiling only: the memcpy bandwidth
-  first_stall_s   granary only: the stall of a Checkpointer's first save (staging pool
-                  allocated and faulted in), paid once per job
+  first_stall_s   granary and granary.dcp.async only: the stall of the first save of a
+                  Checkpointer or Stager (staging buffers allocated and faulted in), paid once
+                  per job
 
 Training loop (--train, default on): `matmuls` torch.mm of n x n fp32 per step (default 2 of
 2048 x 2048 on 2 threads, about 100 ms), `saves` saves every `every` steps with each async
@@ -413,6 +417,12 @@ def granary_dcp_module():
     return mod
 
 
+def new_granary_dcp_stager():
+    """A granary.dcp.Stager (one per job, as users keep it), or None before it existed."""
+    cls = getattr(granary_dcp_module(), "Stager", None)
+    return None if cls is None else cls()
+
+
 def _dcp():
     import torch.distributed.checkpoint as dcp
     return dcp
@@ -569,15 +579,32 @@ class Bench:
             self.after(path)
 
     # torch.distributed.checkpoint, with either writer
-    def _dcp_run(self, name: str, writer_fn, reader_fn, asynchronous: bool, load: bool) -> dict:
+    def _dcp_run(self, name: str, writer_fn, reader_fn, asynchronous: bool, load: bool,
+                 stager_fn=None) -> dict:
         dcp = _dcp()
         path = self.path(name)
+        first_path = self.path(name + "-first")
+        kwargs, first, stager = {}, None, None
         try:
             with RssPeak() as peak:
+                stager = None if stager_fn is None else stager_fn()
+                if stager is not None:
+                    # One stager per job, as users keep it (like granary's staging pool): its
+                    # first save allocates the staging buffers (first_stall_s), later saves
+                    # reuse them. RSS is watched from before, so the buffers count.
+                    kwargs["async_stager"] = stager
+                    t0 = time.perf_counter()
+                    pending = Pending(dcp.async_save(self.state.tensors,
+                                                     storage_writer=writer_fn(first_path),
+                                                     **kwargs))
+                    first = time.perf_counter() - t0
+                    pending.wait()
+                    del pending
+                    remove(first_path)
                 t0 = time.perf_counter()
                 if asynchronous:
                     pending = Pending(dcp.async_save(self.state.tensors,
-                                                     storage_writer=writer_fn(path)))
+                                                     storage_writer=writer_fn(path), **kwargs))
                     stall = time.perf_counter() - t0
                     pending.wait()
                 else:
@@ -585,6 +612,8 @@ class Bench:
                     stall = time.perf_counter() - t0
                 durable = time.perf_counter() - t0
             out = self.save_samples(stall, durable, peak, path)
+            if first is not None:
+                out["first_stall_s"] = harness.Sample(first, "s", False)
             if asynchronous:
                 del pending
             release_memory()
@@ -594,6 +623,10 @@ class Bench:
                 out.update(self.load_samples(seconds))
             return out
         finally:
+            if stager is not None:
+                stager.close()
+            del stager, kwargs
+            remove(first_path)
             self.after(path)
 
     def run_dcp(self) -> dict:
@@ -613,7 +646,8 @@ class Bench:
     def run_granary_dcp_async(self) -> dict:
         g = granary_dcp_module()
         return self._dcp_run("granary.dcp.async", lambda p: g.Writer(file_url(p)),
-                             lambda p: g.Reader(file_url(p)), True, False)
+                             lambda p: g.Reader(file_url(p)), True, False,
+                             new_granary_dcp_stager)
 
     # granary.Checkpointer
     def checkpointer(self, path: Path):
@@ -674,7 +708,8 @@ class Bench:
             "granary": "granary.Checkpointer(url, keep_last=2, incremental=False): "
                        "save(step, state).wait(); load(step, into=state) cold",
             "granary.dcp": "dcp.save/dcp.load with granary.dcp.Writer(url)/Reader(url), cold load",
-            "granary.dcp.async": "dcp.async_save(state, storage_writer=granary.dcp.Writer(url))",
+            "granary.dcp.async": "dcp.async_save(state, storage_writer=granary.dcp.Writer(url), "
+                                 "async_stager=stager) with one granary.dcp.Stager per job",
         }[name]
 
     def guarded(self, name: str, fn: Callable[[], dict]) -> Callable[[str], dict]:
@@ -783,15 +818,22 @@ def train_contenders(bench: Bench, trainer: Trainer, names: list[str]) -> list[h
     def run_none(point: str) -> dict:
         return trainer.loop(None)
 
-    def make_dcp(name, writer_fn):
+    def make_dcp(name, writer_fn, stager_fn=None):
         def run() -> dict:
             path = bench.path(name + "-train")
+            stager = None if stager_fn is None else stager_fn()
+            kwargs = {} if stager is None else {"async_stager": stager}
             try:
                 def save(step):
                     writer = writer_fn(path / str(step))
-                    return Pending(dcp.async_save(state, storage_writer=writer))
+                    return Pending(dcp.async_save(state, storage_writer=writer, **kwargs))
+                if stager is not None:
+                    save("first").wait()  # the staging buffers, as in run_granary
                 return trainer.loop(save)
             finally:
+                if stager is not None:
+                    stager.close()
+                del stager, kwargs
                 bench.after(path)
         return run
 
@@ -811,7 +853,8 @@ def train_contenders(bench: Bench, trainer: Trainer, names: list[str]) -> list[h
     fns = {"granary": run_granary,
            "dcp.async": make_dcp("dcp.async", dcp.FileSystemWriter),
            "granary.dcp.async": make_dcp(
-               "granary.dcp.async", lambda p: granary_dcp_module().Writer(file_url(p)))}
+               "granary.dcp.async", lambda p: granary_dcp_module().Writer(file_url(p)),
+               new_granary_dcp_stager)}
     out = [harness.Contender("no-save", run_none,
                              describe=lambda p: f"{trainer.steps} steps of {trainer.matmuls} "
                                                 f"x mm {trainer.a.shape[0]}^2 fp32, no saves")]

@@ -2,8 +2,9 @@
 loop; a few seconds): pytest bench/test_checkpoint_bench.py.
 
 granary.Checkpointer and granary.dcp are replaced by stand-ins built on torch.save and DCP's
-FileSystemWriter, so these tests check the benchmark's code paths whatever state the real APIs
-are in. The page cache is not dropped (that would slow everyone else on the machine down).
+FileSystemWriter and DefaultStager, so these tests check the benchmark's code paths whatever
+state the real APIs are in. The page cache is not dropped (that would slow everyone else on
+the machine down).
 """
 
 import argparse
@@ -100,11 +101,13 @@ class FakeCheckpointer:
 def fake_granary(monkeypatch):
     import granary
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
     FakeCheckpointer.fail = False
     monkeypatch.setattr(granary, "Checkpointer", FakeCheckpointer, raising=False)
     mod = types.ModuleType("granary.dcp")
     mod.Writer = lambda url: dcp.FileSystemWriter(_path(url))
     mod.Reader = lambda url: dcp.FileSystemReader(_path(url))
+    mod.Stager = lambda: DefaultStager(StagingOptions(False, False, False, False))
     monkeypatch.setitem(sys.modules, "granary.dcp", mod)
     monkeypatch.setattr(harness, "drop_page_cache", lambda log=None: True)
     return granary

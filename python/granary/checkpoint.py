@@ -238,13 +238,16 @@ class Checkpointer:
             initialized, else 0 of 1. Every rank writes its own files; rank 0 commits once all
             ranks' parts are durable.
         commit_timeout_s: how long ranks wait for each other at commit.
+        persist_nice: nice value of the native persister thread (0-19), so the training loop's
+            threads win the CPU while a save persists; 0 persists at normal priority.
     """
 
     def __init__(self, url: str, keep_last: int = 3, keep_every: Optional[int] = None,
                  budget_bytes: Optional[int] = None, incremental: bool = True,
                  if_busy: str = "wait", *, rank: Optional[int] = None,
                  world_size: Optional[int] = None, commit_timeout_s: int = 1800,
-                 data_file_bytes: int = 1 << 30, collect_garbage: bool = True) -> None:
+                 data_file_bytes: int = 1 << 30, collect_garbage: bool = True,
+                 persist_nice: int = 10) -> None:
         self._dist = None
         if rank is None and world_size is None:
             dist = getattr(torch, "distributed", None)
@@ -257,7 +260,7 @@ class Checkpointer:
             str(url), keep_last=keep_last, keep_every=keep_every or 0, budget_bytes=budget_bytes or 0,
             incremental=incremental, if_busy=if_busy, rank=rank, world_size=world_size,
             commit_timeout_s=commit_timeout_s, data_file_bytes=data_file_bytes,
-            collect_garbage=collect_garbage)
+            collect_garbage=collect_garbage, persist_nice=persist_nice)
         self.rank, self.world_size = rank, world_size
         #: The step the last :meth:`load` returned.
         self.loaded_step: Optional[int] = None

@@ -18,7 +18,12 @@ coordinator then writes the DCP metadata and publishes the checkpoint by creatin
 save into a committed checkpoint is refused (FileExistsError). Loads read straight into the
 destination tensors where layouts allow and verify every byte they read (DataLossError naming
 the tensor and object). Resharding is DCP's planner's job and works as with any DCP storage.
-The layout and its limits are in docs/dcp.md.
+The layout and its limits are in docs/formats/dcp.md.
+
+``dcp.async_save`` stages the state through :class:`Stager` (Writer is a DCP AsyncStager backed
+by one process-wide Stager), which copies into CPU buffers kept and reused across saves instead
+of DCP's fresh copy per save; pass ``async_stager=granary.dcp.Stager()`` (one instance per job)
+to give a save its own.
 
 Importing this module imports torch; ``import granary`` alone does not.
 """
@@ -51,19 +56,21 @@ from torch.distributed.checkpoint.planner import (
     WriteItem,
     WriteItemType,
 )
+from torch.distributed.checkpoint.staging import AsyncStager
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
 from . import _core
+from ._dcp_stager import Stager
 from .errors import DataLossError
 from .store import Store
 from .store import open as _open_store
 
-__all__ = ["Writer", "Reader"]
+__all__ = ["Writer", "Reader", "Stager", "shared_stager"]
 
 StrPath = Union[str, "os.PathLike[str]"]
 
-# -- format constants (docs/dcp.md) -------------------------------------------------------------
+# -- format constants (docs/formats/dcp.md) ---------------------------------------------------
 
 #: ``format`` field of COMMIT.
 FORMAT_NAME = "granary-dcp"
@@ -264,8 +271,24 @@ def _new_save_id() -> str:
 
 # -- writer -------------------------------------------------------------------------------------
 
+_shared_stager: Optional[Stager] = None
+_shared_stager_mu = threading.Lock()
 
-class Writer(StorageWriter):
+
+def shared_stager() -> Stager:
+    """The process-wide :class:`Stager` that :class:`Writer` stages through by default.
+
+    Created on first use. It holds one copy of the last async-saved state (per save in flight
+    at once) for the rest of the process; ``shared_stager().close()`` releases it.
+    """
+    global _shared_stager
+    with _shared_stager_mu:
+        if _shared_stager is None:
+            _shared_stager = Stager()
+        return _shared_stager
+
+
+class Writer(StorageWriter, AsyncStager):
     """A DCP StorageWriter that saves into a granary store.
 
     ``url``: where the checkpoint goes (``file:///dir``, a path, ``mem://name/prefix``); may be
@@ -273,12 +296,18 @@ class Writer(StorageWriter):
     ``dcp.save`` replaces it. ``thread_count``: data objects per rank, each written by its own
     thread (default 1; granary already writes each object's parts in parallel in the background).
     ``part_bytes``/``max_parts_in_flight``: passed to :meth:`granary.Store.writer`.
+    ``stager``: the :class:`Stager` that ``dcp.async_save`` stages through when it is given no
+    ``async_stager`` (Writer is a DCP AsyncStager); default: :func:`shared_stager`, so a new
+    Writer per save still reuses the staging buffers of the previous save.
 
     Never overwrites: saving into a URL that holds a committed checkpoint raises FileExistsError
     (inside DCP's CheckpointException). Picklable (for ``async_save`` with a process executor):
     only the URL and options travel; a ``mem://`` store does not cross processes.
     One save at a time per instance.
     """
+
+    # Writer.stage returns a finished copy: nothing for DCP to synchronize.
+    _synchronize_after_execute: bool = False
 
     def __init__(
         self,
@@ -287,6 +316,7 @@ class Writer(StorageWriter):
         thread_count: int = 1,
         part_bytes: int = _core.DEFAULT_PART_BYTES,
         max_parts_in_flight: int = _core.DEFAULT_MAX_PARTS_IN_FLIGHT,
+        stager: Optional[Stager] = None,
     ) -> None:
         super().__init__()
         if thread_count < 1:
@@ -298,11 +328,25 @@ class Writer(StorageWriter):
         self._location: Optional[_Location] = None
         self._save_id = _new_save_id()
         self._is_coordinator = True
+        self._stager = stager
 
     def __getstate__(self) -> Dict[str, Any]:
         state = self.__dict__.copy()
         state["_location"] = None  # an open store does not pickle; reopened from the URL
+        state["_stager"] = None  # staging happens before pickling; buffers stay home
         return state
+
+    # -- AsyncStager (dcp.async_save uses these when given no async_stager) --
+
+    def stage(self, state_dict: Any) -> Any:
+        """Copies ``state_dict`` into the stager's reusable CPU buffers (see :class:`Stager`)."""
+        return (self._stager or shared_stager()).stage(state_dict)
+
+    def synchronize_staging(self) -> None:
+        """No-op: :meth:`stage` returns a finished copy."""
+
+    def close(self) -> None:
+        """No-op: the stager's buffers outlive the Writer, for the next save to reuse."""
 
     @property
     def checkpoint_id(self) -> Optional[str]:

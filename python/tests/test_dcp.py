@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from typing import Any, Dict
 
@@ -146,6 +147,165 @@ def test_async_save_roundtrip(tmp_dir: pathlib.Path) -> None:
     loaded = _template(want)
     dcp.load(loaded, storage_reader=granary.dcp.Reader(tmp_dir / "ck"))
     _assert_same(loaded, want)
+
+
+def _upload(fut: Any) -> Any:
+    """The future that completes when an async_save is committed."""
+    return getattr(fut, "upload_completion", fut)
+
+
+def _staged_ptrs(state: Any, path: str = "", out: Any = None) -> Dict[str, int]:
+    """Data pointers of the tensors in a (staged) state, by path (".model.big")."""
+    out = {} if out is None else out
+    if isinstance(state, dict):
+        for k, v in state.items():
+            _staged_ptrs(v, f"{path}.{k}", out)
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            _staged_ptrs(v, f"{path}[{i}]", out)
+    elif isinstance(state, torch.Tensor):
+        out[path] = state.data_ptr()
+    return out
+
+
+class _RecordingStager(granary.dcp.Stager):
+    """Remembers where each save's staged tensors lived (pointers only: holding the staged
+    tensors would keep their buffers busy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ptrs: list = []
+
+    def stage(self, state_dict: Any) -> Any:
+        staged = super().stage(state_dict)
+        self.ptrs.append(_staged_ptrs(staged))
+        return staged
+
+
+class _GatedWriter(granary.dcp.Writer):
+    """Writes nothing until the test opens the gate (to act while a save is in flight)."""
+
+    def __init__(self, url: Any) -> None:
+        super().__init__(url)
+        self.gate = threading.Event()
+
+    def write_data(self, plan: Any, planner: Any) -> Any:
+        assert self.gate.wait(120)
+        return super().write_data(plan, planner)
+
+
+def _copy_state(state: Any) -> Any:
+    if isinstance(state, dict):
+        return {k: _copy_state(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_copy_state(v) for v in state]
+    if isinstance(state, torch.Tensor):
+        return state.clone()
+    return state
+
+
+def _load(url: Any, like: Any) -> Any:
+    loaded = _template(like)
+    dcp.load(loaded, storage_reader=granary.dcp.Reader(url))
+    return loaded
+
+
+def test_writer_is_the_default_async_stager() -> None:
+    # dcp.async_save stages through the storage writer when that is an AsyncStager.
+    from torch.distributed.checkpoint.staging import AsyncStager
+
+    assert isinstance(granary.dcp.Writer(), AsyncStager)
+    assert isinstance(granary.dcp.Stager(), AsyncStager)
+    assert granary.dcp.shared_stager() is granary.dcp.shared_stager()
+
+
+def test_async_save_with_stager_roundtrip(store_url: str) -> None:
+    state = _state()
+    want = _copy_state(state)
+    stager = granary.dcp.Stager()
+    writer = _GatedWriter(_ckpt_url(store_url))
+    fut = dcp.async_save(state, storage_writer=writer, async_stager=stager)
+    # Nothing is written yet; the source changes must not reach the checkpoint.
+    state["model"]["big"].add_(1)
+    state["model"]["t_view"].zero_()
+    state["optim"]["step"] = 13
+    state["extra"][1]["k"] = "changed"
+    writer.gate.set()
+    _upload(fut).result(timeout=300)
+    _assert_same(_load(_ckpt_url(store_url), want), want)
+    assert stager.staged_bytes >= state["model"]["big"].numel() * 4
+
+
+def test_second_async_save_reuses_staging_buffers(tmp_dir: pathlib.Path) -> None:
+    stager = _RecordingStager()
+    first = _state()
+    second = _copy_state(first)
+    for t in second["model"].values():
+        if t.dtype == torch.bool:
+            t.logical_not_()
+        elif t.numel():
+            t.add_(3)
+    second["optim"]["step"] = 99
+    for i, state in enumerate([first, second]):
+        fut = dcp.async_save(
+            state, storage_writer=granary.dcp.Writer(tmp_dir / f"ck{i}"), async_stager=stager
+        )
+        _upload(fut).result(timeout=300)
+    ptrs0, ptrs1 = stager.ptrs
+    assert ptrs0 == ptrs1  # the same buffers, not a fresh copy
+    sources = _staged_ptrs(second)
+    assert all(ptrs1[p] != sources[p] for p in ptrs1 if ptrs1[p])  # and not the source itself
+    assert len(stager._sets) == 1
+    _assert_same(_load(tmp_dir / "ck0", first), first)
+    _assert_same(_load(tmp_dir / "ck1", second), second)  # the second state, not stale bytes
+
+
+def test_async_save_while_another_persists_does_not_touch_its_buffers(
+    tmp_dir: pathlib.Path,
+) -> None:
+    stager = _RecordingStager()
+    state = {"w": torch.arange(4096.0).reshape(64, 64), "step": 1}
+    want0 = _copy_state(state)
+    slow = _GatedWriter(tmp_dir / "ck0")
+    fut0 = dcp.async_save(state, storage_writer=slow, async_stager=stager)
+    state["w"].mul_(-1)
+    state["step"] = 2
+    want1 = _copy_state(state)
+    fut1 = dcp.async_save(
+        state, storage_writer=granary.dcp.Writer(tmp_dir / "ck1"), async_stager=stager
+    )
+    _upload(fut1).result(timeout=300)
+    assert stager.ptrs[0][".w"] != stager.ptrs[1][".w"]  # the first save's buffers were busy
+    slow.gate.set()
+    _upload(fut0).result(timeout=300)
+    _assert_same(_load(tmp_dir / "ck0", want0), want0)
+    _assert_same(_load(tmp_dir / "ck1", want1), want1)
+
+
+def test_async_save_after_shapes_change(tmp_dir: pathlib.Path) -> None:
+    stager = _RecordingStager()
+    states = [
+        {"keep": torch.ones(5, 7), "grow": torch.zeros(4, 4), "gone": torch.ones(2), "n": 1},
+        {
+            "keep": torch.full((5, 7), 2.0),
+            "grow": torch.arange(16.0).reshape(2, 8),  # same bytes, other shape
+            "cast": torch.arange(6, dtype=torch.int16),
+            "empty": torch.empty(0, 3),
+            "n": 2,
+        },
+        {"keep": torch.full((5, 7), 3.0), "grow": torch.ones(64), "cast": torch.ones(6), "n": 3},
+    ]
+    for i, state in enumerate(states):
+        fut = dcp.async_save(
+            state, storage_writer=granary.dcp.Writer(tmp_dir / f"ck{i}"), async_stager=stager
+        )
+        _upload(fut).result(timeout=300)
+    for i, state in enumerate(states):
+        _assert_same(_load(tmp_dir / f"ck{i}", state), state)
+    assert stager.ptrs[0][".keep"] == stager.ptrs[1][".keep"] == stager.ptrs[2][".keep"]
+    assert stager.staged_bytes == sum(
+        t.numel() * t.element_size() for t in states[2].values() if isinstance(t, torch.Tensor)
+    )  # buffers of tensors that left the state were dropped
 
 
 def test_async_save_in_a_background_process(tmp_dir: pathlib.Path) -> None:
@@ -483,6 +643,17 @@ def _dist_worker(rank: int, world_size: int, init_file: str, url: str) -> None:
         dcp.load(swapped, storage_reader=granary.dcp.Reader(url))
         assert torch.equal(swapped["w"].full_tensor(), _full("w"))
         assert torch.equal(swapped["w2"].full_tensor(), _full("w2").to(torch.bfloat16))
+
+        # async_save stages DTensors through granary's stager (the Writer is the AsyncStager).
+        fut = dcp.async_save(state, storage_writer=granary.dcp.Writer(url + "-async"))
+        getattr(fut, "upload_completion", fut).result(timeout=300)
+        again = {
+            "w": distribute_tensor(_zeros(), mesh, [Shard(0)]),
+            "w2": distribute_tensor(_zeros(torch.bfloat16), mesh, [Shard(1)]),
+        }
+        dcp.load(again, storage_reader=granary.dcp.Reader(url + "-async"))
+        assert torch.equal(again["w"].full_tensor(), _full("w"))
+        assert torch.equal(again["w2"].full_tensor(), _full("w2").to(torch.bfloat16))
     finally:
         dist.destroy_process_group()
 

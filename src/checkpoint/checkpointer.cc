@@ -22,6 +22,9 @@ Status CheckpointerOptions::Validate() const {
                                 std::to_string(world_size));
   }
   if (data_file_bytes < 1) return InvalidArgumentError("checkpoint data_file_bytes must be >= 1");
+  if (persist_nice < 0 || persist_nice > 19) {
+    return InvalidArgumentError("checkpoint persist_nice must be in [0, 19], got " + std::to_string(persist_nice));
+  }
   return Status::OK();
 }
 
@@ -175,6 +178,10 @@ Result<std::unique_ptr<SaveSession>> CheckpointerImpl::BeginSave(uint64_t step,
   GRANARY_RETURN_IF_ERROR(PrepareRing(total, &max_piece));
   auto save = std::make_shared<SaveState>(step, std::move(tensors), std::move(*lengths),
                                           std::move(user_metadata_json), std::move(save_id), false);
+  if (options_.incremental) {
+    std::lock_guard<std::mutex> base_lock(base_mu_);
+    save->SetBase(base_);
+  }
   current_ = save;
   StagingRing* ring = ring_.get();
   persister_ = std::thread([this, save, ring, max_piece] { Persist(save, ring, max_piece); });
@@ -246,8 +253,9 @@ Status CheckpointerImpl::Load(uint64_t step, std::span<const LoadTarget> targets
 }
 
 void CheckpointerImpl::SetBase(RankManifest manifest) {
+  auto base = std::make_shared<const RankManifest>(std::move(manifest));
   std::lock_guard<std::mutex> lock(base_mu_);
-  base_ = std::move(manifest);
+  base_ = std::move(base);
 }
 
 }  // namespace checkpoint

@@ -67,7 +67,7 @@ class CheckpointerImpl final : public Checkpointer {
   std::unique_ptr<StagingRing> ring_;   // GUARDED_BY(mu_) (used by one save at a time)
   std::mutex base_mu_;
   // Incremental base: the manifest of the last save committed or fully loaded by this process.
-  std::optional<RankManifest> base_;    // GUARDED_BY(base_mu_)
+  std::shared_ptr<const RankManifest> base_;  // GUARDED_BY(base_mu_)
 };
 
 // The SaveSession of a CheckpointerImpl save (save_session.cc).

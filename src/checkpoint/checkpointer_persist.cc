@@ -3,6 +3,10 @@
 // RankWriter without copying (the ring region is freed when its bytes are on disk), then makes
 // the manifest durable, commits across ranks, writes `latest` and runs retention.
 #include <algorithm>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <thread>
 #include <unordered_map>
@@ -19,11 +23,8 @@ namespace {
 // Data files are written in parts of this size, this many in flight (16 x 4 MiB device writes).
 constexpr size_t kPartBytes = 16u << 20;
 constexpr size_t kPartsInFlight = 8;
-
-bool SameLayout(const TensorEntry& e, const TensorSpec& spec, uint64_t length) {
-  return e.dtype == spec.dtype && e.shape == spec.shape && e.length == length &&
-         e.global_shape == spec.global_shape && e.global_offset == spec.global_offset;
-}
+// Checksum block: small enough to stay in L2 between the crc32c and the XXH3 pass.
+constexpr size_t kHashBlockBytes = 256u << 10;
 
 TensorData DataOf(const TensorSpec& spec) {
   TensorData t;
@@ -51,15 +52,6 @@ class Backoff {
 
 Status CheckpointerImpl::PersistPieces(SaveState& save, StagingRing* ring, RankWriter& writer,
                                        SaveStats* stats) {
-  std::unordered_map<std::string_view, const TensorEntry*> base_entries;
-  std::optional<RankManifest> base;
-  if (options_.incremental) {
-    std::lock_guard<std::mutex> lock(base_mu_);
-    base = base_;
-  }
-  if (base) {
-    for (const TensorEntry& e : base->tensors) base_entries.emplace(e.name, &e);
-  }
   const uint64_t chunk_bytes = kDefaultChunkBytes;
   Status status;
   std::vector<uint32_t> crcs;
@@ -85,21 +77,26 @@ Status CheckpointerImpl::PersistPieces(SaveState& save, StagingRing* ring, RankW
       stats->bytes_total += length;
     }
     // Pieces are multiples of chunk_bytes except a tensor's last, so chunks never straddle.
+    // Both checksums walk each chunk in cache-sized blocks, so the bytes come from memory once.
     for (uint64_t pos = 0; pos < piece.bytes.size(); pos += chunk_bytes) {
       const size_t n = std::min<uint64_t>(chunk_bytes, piece.bytes.size() - pos);
-      crcs.push_back(Crc32c(piece.bytes.data() + pos, n));
-      hasher->Update(piece.bytes.data() + pos, n);
-    }
-    if (piece.offset == 0 && piece.last && !base_entries.empty()) {
-      auto it = base_entries.find(spec.name);
-      if (it != base_entries.end() && SameLayout(*it->second, spec, length) &&
-          it->second->xxh3 == hasher->Digest() && it->second->chunk_crc32c == crcs &&
-          base->chunk_bytes == chunk_bytes) {
-        free_region();
-        status = writer.AddExisting(*it->second);
-        stats->tensors_reused++;
-        continue;
+      uint32_t crc = 0;
+      for (size_t b = 0; b < n; b += kHashBlockBytes) {
+        const std::byte* block = piece.bytes.data() + pos + b;
+        const size_t m = std::min(kHashBlockBytes, n - b);
+        crc = Crc32c(block, m, crc);
+        hasher->Update(block, m);
       }
+      crcs.push_back(crc);
+    }
+    const TensorEntry* base = save.base_entry(piece.tensor);
+    if (piece.reused ||
+        (base != nullptr && piece.offset == 0 && piece.last && base->xxh3 == hasher->Digest() &&
+         base->chunk_crc32c == crcs)) {
+      free_region();
+      status = writer.AddExisting(*base);  // the session or we found the bytes unchanged
+      stats->tensors_reused++;
+      continue;
     }
     if (piece.offset == 0) status = writer.BeginTensor(DataOf(spec), length);
     if (status.ok() && !piece.bytes.empty()) {
@@ -189,6 +186,10 @@ Status CheckpointerImpl::CommitAcrossRanks(SaveState& save, const ManifestRef& o
 
 void CheckpointerImpl::Persist(std::shared_ptr<SaveState> save, StagingRing* ring,
                                uint64_t max_piece_bytes) {
+  if (options_.persist_nice > 0) {
+    // Linux nice values are per thread: only this persister yields to the training threads.
+    setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), options_.persist_nice);
+  }
   Stopwatch persist;
   SaveStats stats;
   stats.step = save->step();

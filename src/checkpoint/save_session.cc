@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "checkpoint/checkpointer_impl.h"
+#include "core/checksum.h"
 #include "core/clock.h"
 #include "core/thread_pool.h"
 
@@ -64,6 +65,15 @@ class SaveSessionImpl final : public SaveSession {
                                   std::to_string(save_->lengths()[index]));
     }
     if (bytes.empty()) return PushEmpty(index);
+    // Incremental with a budget: a tensor staged in several pieces would be written before its
+    // hash is known, so hash it here first; unchanged, it is neither staged nor written.
+    const TensorEntry* base = save_->base_entry(index);
+    if (base != nullptr && bytes.size() > max_piece_bytes_ &&
+        Xxh3_128(bytes.data(), bytes.size()) == base->xxh3) {
+      save_->Push(StagedPiece{index, 0, {}, 0, true, /*reused=*/true});
+      next_tensor_++;
+      return Status::OK();
+    }
     for (uint64_t offset = 0; offset < bytes.size();) {
       GRANARY_ASSIGN_OR_RETURN(std::span<std::byte> dest, ReservePiece(index, offset));
       ParallelCopy(dest.data(), bytes.data() + offset, dest.size());

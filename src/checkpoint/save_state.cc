@@ -1,5 +1,10 @@
 #include "checkpoint/save_state.h"
 
+#include <string_view>
+#include <unordered_map>
+
+#include "checkpoint/checkpoint_format.h"
+
 namespace granary::checkpoint {
 
 SaveState::SaveState(uint64_t step, std::vector<TensorSpec> specs, std::vector<uint64_t> lengths,
@@ -10,9 +15,27 @@ SaveState::SaveState(uint64_t step, std::vector<TensorSpec> specs, std::vector<u
       metadata_json_(std::move(metadata_json)),
       save_id_(std::move(save_id)),
       skipped_(skipped) {
+  base_entries_.assign(specs_.size(), nullptr);
   stats_.step = step;
   stats_.skipped = skipped;
   if (skipped) done_ = true;
+}
+
+void SaveState::SetBase(std::shared_ptr<const RankManifest> base) {
+  base_ = std::move(base);
+  base_entries_.assign(specs_.size(), nullptr);
+  if (!base_ || base_->chunk_bytes != kDefaultChunkBytes) return;
+  std::unordered_map<std::string_view, const TensorEntry*> by_name;
+  for (const TensorEntry& e : base_->tensors) by_name.emplace(e.name, &e);
+  for (size_t i = 0; i < specs_.size(); ++i) {
+    auto it = by_name.find(specs_[i].name);
+    if (it == by_name.end()) continue;
+    const TensorEntry& e = *it->second;
+    if (e.dtype == specs_[i].dtype && e.shape == specs_[i].shape && e.length == lengths_[i] &&
+        e.global_shape == specs_[i].global_shape && e.global_offset == specs_[i].global_offset) {
+      base_entries_[i] = &e;
+    }
+  }
 }
 
 Status SaveState::Wait() {

@@ -7,11 +7,13 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint_manifest.h"
 #include "granary/checkpoint.h"
 
 namespace granary::checkpoint {
@@ -24,6 +26,9 @@ struct StagedPiece {
   std::span<const std::byte> bytes;
   uint64_t region = 0;
   bool last = false;  // the tensor's final piece
+  // Incremental: the session found the tensor's bytes equal to its base entry and staged
+  // nothing; the persister records the base entry (the piece is empty and last).
+  bool reused = false;
 };
 
 class SaveState final : public SaveHandle {
@@ -53,6 +58,11 @@ class SaveState final : public SaveHandle {
   const std::vector<uint64_t>& lengths() const { return lengths_; }
   const std::string& metadata_json() const { return metadata_json_; }
   const std::string& save_id() const { return save_id_; }
+  // Incremental base: the entry of the base manifest with tensor `index`'s name, dtype, shape,
+  // sharding and chunk size, or null (no base, incremental off, or the layout changed).
+  const TensorEntry* base_entry(size_t index) const { return base_entries_[index]; }
+  // Sets the base (before the save is shared with other threads).
+  void SetBase(std::shared_ptr<const RankManifest> base);
   double stall_s() const;
 
  private:
@@ -62,6 +72,8 @@ class SaveState final : public SaveHandle {
   const std::string metadata_json_;
   const std::string save_id_;
   const bool skipped_;
+  std::shared_ptr<const RankManifest> base_;   // keeps base_entries_ alive
+  std::vector<const TensorEntry*> base_entries_;
 
   mutable std::mutex mu_;
   mutable std::condition_variable cv_;

@@ -116,7 +116,7 @@ std::unique_ptr<Checkpointer> OpenCheckpointer(const std::string& url, uint32_t 
                                                bool incremental, const std::string& if_busy,
                                                uint32_t rank, uint32_t world_size,
                                                uint32_t commit_timeout_s, uint64_t data_file_bytes,
-                                               bool collect_garbage) {
+                                               bool collect_garbage, int persist_nice) {
   CheckpointerOptions o;
   o.keep_last = keep_last;
   o.keep_every = keep_every;
@@ -128,6 +128,7 @@ std::unique_ptr<Checkpointer> OpenCheckpointer(const std::string& url, uint32_t 
   o.commit_timeout_s = commit_timeout_s;
   o.data_file_bytes = data_file_bytes;
   o.collect_garbage = collect_garbage;
+  o.persist_nice = persist_nice;
   Result<std::unique_ptr<Checkpointer>> c = WithoutGil([&] { return Checkpointer::Open(url, o); });
   ThrowIfError(c.status(), url);
   return std::move(c).value();
@@ -182,7 +183,7 @@ void RegisterCheckpoint(py::module_& m) {
       .def(py::init(&OpenCheckpointer), py::arg("url"), py::arg("keep_last"), py::arg("keep_every"),
            py::arg("budget_bytes"), py::arg("incremental"), py::arg("if_busy"), py::arg("rank"),
            py::arg("world_size"), py::arg("commit_timeout_s"), py::arg("data_file_bytes"),
-           py::arg("collect_garbage"))
+           py::arg("collect_garbage"), py::arg("persist_nice"))
       .def_property_readonly("url", &Checkpointer::url)
       .def("begin_save",
            [](Checkpointer& c, uint64_t step, const std::vector<SpecTuple>& specs,
