@@ -68,21 +68,43 @@ ratios):
 Training loop (--train, default on): `matmuls` torch.mm of n x n fp32 per step (default 2 of
 2048 x 2048 on 2 threads, about 100 ms), `saves` saves every `every` steps with each async
 contender (granary, dcp.async, granary.dcp.async; if the previous save is still persisting
-the next one waits for it, like if_busy="wait"), then `every` more steps. Contender "no-save"
-runs the same steps without saving and is the ceiling:
+the next one waits for it, like if_busy="wait"), then `every` more steps. All of these loops
+are contenders of one harness run, so they rotate between rounds like the contenders above:
+
+  no-save                  the same steps without saving: the ceiling of step_ms
+  ceiling: O_DIRECT write  at each save point, the state's byte count S written sequentially
+                           in 16 MiB O_DIRECT writes by a subprocess, then fsync: `dd
+                           if=/dev/zero of=F bs=16M count=S iflag=count_bytes oflag=direct
+                           conv=fsync` (QD 1; the last short block without O_DIRECT), or with
+                           --train-ceiling-writer fio `fio --rw=write --bs=16M --direct=1
+                           --ioengine=io_uring --iodepth=8 --size=S --zero_buffers
+                           --end_fsync=1` (S rounded up to 16 MiB; fio's start-up, about 0.5 s,
+                           counts in durable_s); files removed after the loop. No checksums and
+                           almost no user CPU: the slowdown of just writing at full speed next
+                           to the loop (the kernel's direct-I/O work), which a save cannot beat;
+                           its durable_s is the machine's time to write the state
+  granary nice=N, granary  granary.Checkpointer with persist_nice=N for each N of
+                           --train-granary-nice (default 0,19) and with the default (10): the
+                           tradeoff between slowdown and time to durable
+  dcp.async, granary.dcp.async
 
   step_ms         no-save: median step; the others: median of the steps that ran while a save
                   was persisting. ratio = no-save / this, slowdown_pct = (this / no-save - 1) x
-                  100 (goal for granary: <= 10 %)
+                  100 (goal for granary: <= 10 %; compare with the O_DIRECT write ceiling's)
   idle_step_ms    the median of the steps of the same loop with no save in flight, and
   slowdown_vs_idle_pct  (step_ms / idle_step_ms - 1) x 100 per round: the same question asked
                   within one loop, so immune to load on the machine that changes between loops
   mean_step_ms    every step's time plus the time spent in save() calls, divided by steps
   stall_ms        median time of the save() calls (includes waiting for the previous save)
+  steps_persisting  steps that started while a save was persisting
+  durable_s       median over the loop's saves of the seconds from the save() call (waiting for
+                  the previous save included) until the save is durable (noted by a thread
+                  waiting on it, not at the next step boundary): time to durable while training
 
 Usage:
   .venv/bin/python bench/checkpoint_bench.py [--sizes-gib 2,8] [--rounds 5] [--dir DIR]
-        [--contenders torch.save,dcp,...] [--no-train] [--train-save-every 50] [--quick]
+        [--contenders torch.save,dcp,...] [--no-train | --train-only] [--train-save-every 50]
+        [--train-saves 2] [--train-granary-nice 0,19] [--train-ceiling-writer dd] [--quick]
   make bench (bench/run_all.py runs it after doctor_vs_fio; --skip checkpoint to leave it out)
   quick look: OMP_NUM_THREADS=2 .venv/bin/python bench/checkpoint_bench.py --sizes-gib 0.25
         --rounds 2
@@ -104,6 +126,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -124,6 +147,7 @@ GIB = 1 << 30
 ALL_CONTENDERS = ["torch.save", "dcp", "dcp.async", "granary", "granary.dcp",
                   "granary.dcp.async"]
 ASYNC_CONTENDERS = ["granary", "dcp.async", "granary.dcp.async"]
+GRANARY_DEFAULT_NICE = 10  # granary.Checkpointer(persist_nice=...)'s default
 # Issue 3 goals, as ratios to the ceiling (1.0 = as good as the ceiling); granary only.
 # durable_s and restore_s have the same ratios as write_GBps and read_GBps: not repeated.
 GOALS = {"stall_s": 1 / 1.2, "write_GBps": 0.9, "read_GBps": 0.9, "step_ms": 1 / 1.1}
@@ -650,10 +674,12 @@ class Bench:
                              new_granary_dcp_stager)
 
     # granary.Checkpointer
-    def checkpointer(self, path: Path):
+    def checkpointer(self, path: Path, persist_nice: int | None = None):
         cls = granary_checkpointer_cls()
         budget = self.args.granary_budget_mib
         kwargs = {"budget_bytes": budget * MIB} if budget else {}
+        if persist_nice is not None:
+            kwargs["persist_nice"] = persist_nice
         return cls(file_url(path), keep_last=2, incremental=False, **kwargs)
 
     def run_granary(self) -> dict:
@@ -766,7 +792,8 @@ class Trainer:
 
     def loop(self, save: Callable[[int], Pending] | None) -> dict:
         idle, persisting, stalls = [], [], []
-        pending: Pending | None = None
+        saves: list[Watched] = []
+        pending: Watched | None = None
         total = 0.0
         for s in range(1, self.steps + 1):
             in_flight = False
@@ -786,7 +813,10 @@ class Trainer:
                 if pending is not None:
                     pending.wait()
                     pending = None  # drop the finished save (and anything it holds) first
-                pending = save(s)
+                # Durable is timed from here, the caller's save request (waiting for the
+                # previous save included, as if_busy="wait" does).
+                pending = Watched(save(s), t0)
+                saves.append(pending)
                 dt = time.perf_counter() - t0
                 stalls.append(dt)
                 total += dt
@@ -808,15 +838,99 @@ class Trainer:
                                                                  False)
             out["stall_ms"] = harness.Sample(statistics.median(stalls) * 1e3, "ms", False)
             out["steps_persisting"] = harness.Sample(len(persisting), "steps")
+            out["durable_s"] = harness.Sample(statistics.median(w.durable_s for w in saves), "s",
+                                              False)
         return out
 
 
+class Watched:
+    """A save in flight (a Pending) and a thread that notes when it became durable, so that
+    durable_s is exact rather than rounded up to the next step boundary."""
+
+    def __init__(self, pending: Pending, t0: float):
+        self.pending = pending
+        self.t0 = t0
+        self.durable_s = math.nan
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self) -> None:
+        try:
+            self.pending.wait()
+        except BaseException as e:  # noqa: BLE001 - re-raised by wait() in the loop
+            self.error = e
+        self.durable_s = time.perf_counter() - self.t0
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self) -> None:
+        self._done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class WriteProcess:
+    """A ceiling "save": a subprocess (fio or dd) writing the state's byte count with O_DIRECT;
+    wait() raises if it failed."""
+
+    def __init__(self, cmd: list[str]):
+        self.cmd = cmd
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def wait(self) -> None:
+        _, err = self.proc.communicate()
+        if self.proc.returncode != 0:
+            tail = (err or "").strip().splitlines()
+            raise RuntimeError(f"{self.cmd[0]} failed (exit {self.proc.returncode}): "
+                               f"{tail[-1] if tail else '(no output)'}\ncommand: "
+                               f"{' '.join(self.cmd)}")
+
+
+ODIRECT_CEILING = "ceiling: O_DIRECT write"
+ODIRECT_BS = 16 * MIB
+
+
+def odirect_write_cmd(tool: str, path: Path, nbytes: int) -> list[str]:
+    """The ceiling's writer: nbytes (fio: rounded up to 16 MiB, fio writes whole blocks) of
+    zeros in sequential 16 MiB O_DIRECT writes, then fsync."""
+    if tool == "fio":
+        size = -(-nbytes // ODIRECT_BS) * ODIRECT_BS
+        return ["fio", "--name=w", f"--filename={path}", "--rw=write", "--bs=16M", "--direct=1",
+                "--ioengine=io_uring", "--iodepth=8", f"--size={size}", "--zero_buffers",
+                "--end_fsync=1", "--output-format=terse"]
+    # GNU dd: count in bytes, the last short block written without O_DIRECT; conv=fsync.
+    return ["dd", "if=/dev/zero", f"of={path}", "bs=16M", f"count={nbytes}", "iflag=count_bytes",
+            "oflag=direct", "conv=fsync", "status=none"]
+
+
 def train_contenders(bench: Bench, trainer: Trainer, names: list[str]) -> list[harness.Contender]:
+    """no-save (the harness's ceiling), the O_DIRECT write ceiling, then the async contenders
+    in `names` (granary also at each of --train-granary-nice): all in one harness run, so
+    their loops rotate between rounds like every other contender's runs."""
     state = bench.state.tensors
     dcp = _dcp()
+    args = bench.args
 
     def run_none(point: str) -> dict:
         return trainer.loop(None)
+
+    tool = args.train_ceiling_writer
+
+    def run_odirect() -> dict:
+        path = bench.path("odirect-train")
+        path.mkdir(parents=True)
+        try:
+            return trainer.loop(lambda step: Pending(WriteProcess(
+                odirect_write_cmd(tool, path / f"{step}.bin", bench.state.nbytes))))
+        finally:
+            bench.after(path)
 
     def make_dcp(name, writer_fn, stager_fn=None):
         def run() -> dict:
@@ -837,32 +951,52 @@ def train_contenders(bench: Bench, trainer: Trainer, names: list[str]) -> list[h
                 bench.after(path)
         return run
 
-    def run_granary() -> dict:
-        path = bench.path("granary-train")
-        ckpt = bench.checkpointer(path)
-        try:
-            Pending(ckpt.save(0, state)).wait()  # the staging pool, as in run_granary
-            return trainer.loop(lambda step: Pending(ckpt.save(step, state)))
-        finally:
-            close = getattr(ckpt, "close", None)
-            if close is not None:
-                close()
-            del ckpt
-            bench.after(path)
+    def make_granary(name, nice=None):
+        def run() -> dict:
+            path = bench.path(name.replace(" ", "-").replace("=", "") + "-train")
+            ckpt = bench.checkpointer(path, persist_nice=nice)
+            try:
+                Pending(ckpt.save(0, state)).wait()  # the staging pool, as in run_granary
+                return trainer.loop(lambda step: Pending(ckpt.save(step, state)))
+            finally:
+                close = getattr(ckpt, "close", None)
+                if close is not None:
+                    close()
+                del ckpt
+                bench.after(path)
+        return run
 
-    fns = {"granary": run_granary,
-           "dcp.async": make_dcp("dcp.async", dcp.FileSystemWriter),
-           "granary.dcp.async": make_dcp(
-               "granary.dcp.async", lambda p: granary_dcp_module().Writer(file_url(p)),
-               new_granary_dcp_stager)}
+    fns: dict[str, tuple[Callable[[], dict], str]] = {}
+    if "granary" in names:
+        nices = [int(n) for n in str(args.train_granary_nice).split(",") if n.strip()]
+        for nice in sorted(set(nices + [None]), key=lambda n: GRANARY_DEFAULT_NICE
+                           if n is None else n):
+            name = "granary" if nice is None else f"granary nice={nice}"
+            what = "default persist_nice" if nice is None else f"persist_nice={nice}"
+            fns[name] = (make_granary(name, nice),
+                         f"granary.Checkpointer(url, keep_last=2, incremental=False, {what}): "
+                         f"save(step, state)")
+    if "dcp.async" in names:
+        fns["dcp.async"] = (make_dcp("dcp.async", dcp.FileSystemWriter),
+                            "dcp.async_save(state, storage_writer=FileSystemWriter(dir))")
+    if "granary.dcp.async" in names:
+        fns["granary.dcp.async"] = (make_dcp(
+            "granary.dcp.async", lambda p: granary_dcp_module().Writer(file_url(p)),
+            new_granary_dcp_stager), "dcp.async_save(state, storage_writer=granary.dcp."
+                                     "Writer(url), async_stager=granary.dcp.Stager())")
     out = [harness.Contender("no-save", run_none,
                              describe=lambda p: f"{trainer.steps} steps of {trainer.matmuls} "
                                                 f"x mm {trainer.a.shape[0]}^2 fp32, no saves")]
-    for name in names:
-        if name in fns:
-            out.append(harness.Contender(
-                name, bench.guarded(name + " (train)", fns[name]),
-                describe=lambda p, name=name: f"{name} save every {trainer.every} steps"))
+    if args.train_ceiling_writer != "none":
+        cmd = " ".join(odirect_write_cmd(tool, bench.root / "odirect-train" / "STEP.bin",
+                                         bench.state.nbytes))
+        out.append(harness.Contender(
+            ODIRECT_CEILING, bench.guarded(ODIRECT_CEILING + " (train)", run_odirect),
+            describe=lambda p: f"every {trainer.every} steps: {cmd}"))
+    for name, (fn, what) in fns.items():
+        out.append(harness.Contender(
+            name, bench.guarded(name + " (train)", fn),
+            describe=lambda p, what=what: f"{what} every {trainer.every} steps"))
     return out
 
 
@@ -897,6 +1031,13 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                         help="matmuls per training step (default 2)")
     parser.add_argument("--train-matmul-n", type=int, default=2048,
                         help="matrix size of the training matmuls (default 2048)")
+    parser.add_argument("--train-granary-nice", default="0,19",
+                        help="granary's persist_nice values to run in the training loop besides "
+                             "the default, comma-separated (default 0,19; '' for none)")
+    parser.add_argument("--train-ceiling-writer", choices=["dd", "fio", "none"], default="dd",
+                        help="the O_DIRECT write ceiling of the training loop: dd (QD 1, the "
+                             "default) or fio (io_uring QD 8; its start-up, about 0.5 s and "
+                             "0.1 s of CPU, counts in its durable_s); none: leave it out")
 
 
 def run(args: argparse.Namespace, out=sys.stdout, log=sys.stderr) -> list[dict]:
@@ -1058,8 +1199,8 @@ def markdown_table(results: list[dict]) -> str:
             lines.append("")
         lines.append("| state | training loop | step ms while persisting | slowdown vs no-save | "
                      "step ms, no save in flight | slowdown vs those | mean step ms (incl. "
-                     "save()) | save() ms | steps persisting | n |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "save()) | save() ms | steps persisting | durable s while training | n |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for size, c in order[TRAIN_BENCH]:
             m = by[(TRAIN_BENCH, size, c)]
             step = m.get("step_ms")
@@ -1070,9 +1211,17 @@ def markdown_table(results: list[dict]) -> str:
             idle = "" if idle is None else f"{idle['value']:+.1f} %"
             def val(k):
                 return _num(m[k]["value"]) if k in m else ""
+            steps = f"{m['steps_persisting']['value']:g}" if "steps_persisting" in m else ""
             lines.append(f"| {size} | {c} | {val('step_ms')} | {slow} | {val('idle_step_ms')} | "
                          f"{idle} | {val('mean_step_ms')} | {val('stall_ms')} | "
-                         f"{val('steps_persisting')} | {n} |")
+                         f"{steps} | {val('durable_s')} | {n} |")
+        if any(c == ODIRECT_CEILING for _, c in order[TRAIN_BENCH]):
+            lines.append("")
+            lines.append(f"{ODIRECT_CEILING}: the state's byte count written with sequential "
+                         "16 MiB O_DIRECT writes (fio or dd, no checksums) at each save point: "
+                         "the slowdown of writing at full speed next to this loop on this "
+                         "machine, against which a save's slowdown is judged. Durable s: from "
+                         "the save() call (waiting for the previous save included) to durable.")
     return "\n".join(lines)
 
 

@@ -65,7 +65,9 @@ class FakeCheckpointer:
     """Snapshot by clone, persist with torch.save in a thread."""
     fail = False
 
-    def __init__(self, url, keep_last=3, incremental=True):
+    def __init__(self, url, keep_last=3, incremental=True, persist_nice=10):
+        assert 0 <= persist_nice <= 19
+        self.persist_nice = persist_nice
         self.dir = _path(url)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.closed = False
@@ -139,12 +141,18 @@ def test_every_contender_reports_every_metric(tmp_path, fake_granary):
     r = got[("checkpoint", "granary", "write_GBps")]
     assert r["goal_ratio"] == 0.9 and r["ratio"] is not None and r["state_bytes"] > 20e6
     assert got[("checkpoint", "torch.save", "stall_s")].get("goal_ratio") is None
-    for c in ("granary", "dcp.async", "granary.dcp.async"):
-        assert ("checkpoint_train", c, "stall_ms") in got
+    for c in ("granary", "granary nice=0", "granary nice=19", "dcp.async", "granary.dcp.async",
+              cb.ODIRECT_CEILING):
+        for m in ("stall_ms", "durable_s", "steps_persisting"):
+            assert ("checkpoint_train", c, m) in got, (c, m, log.getvalue())
+        assert got[("checkpoint_train", c, "durable_s")]["value"] > 0
     assert ("checkpoint_train", "no-save", "step_ms") in got
+    assert ("checkpoint_train", "no-save", "durable_s") not in got
     assert len(out.getvalue().splitlines()) == len(results)
     table = cb.markdown_table(results)
     assert "| 0.02GiB | granary |" in table and "| 0.02GiB | no-save |" in table
+    assert "| 0.02GiB | granary nice=19 |" in table and "durable s while training" in table
+    assert f"| 0.02GiB | {cb.ODIRECT_CEILING} |" in table
     assert "FAILED" not in log.getvalue(), log.getvalue()
     assert not (tmp_path / "checkpoint-bench").exists()
 
@@ -166,3 +174,14 @@ def test_a_failing_contender_is_dropped_and_the_others_still_run(tmp_path, fake_
                      out=io.StringIO(), log=log)
     assert "granary FAILED" in log.getvalue() and "No space left" in log.getvalue()
     assert {r["contender"] for r in results} == {"ceiling", "torch.save"}
+
+
+@pytest.mark.parametrize("tool", ["dd", "fio"])
+def test_odirect_ceiling_writes_at_least_the_state(tmp_path, tool):
+    import shutil
+    if not shutil.which(tool):
+        pytest.skip(f"no {tool}")
+    n = 3 * (1 << 20) + 12345
+    w = cb.WriteProcess(cb.odirect_write_cmd(tool, tmp_path / "f", n))
+    w.wait()
+    assert w.done() and (tmp_path / "f").stat().st_size >= n

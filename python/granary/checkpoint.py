@@ -24,6 +24,7 @@ import base64
 import json
 import math
 import pickle
+import sys
 import threading
 import time
 import uuid
@@ -197,6 +198,18 @@ def _utf8(s: str) -> bool:
     return True
 
 
+def _dtensor_shard(t: torch.Tensor) -> Optional[Tuple[torch.Tensor, List[int], List[int]]]:
+    """For a DTensor: its local shard, the global shape and the shard's offset in it."""
+    module = sys.modules.get("torch.distributed.tensor")  # loaded by whoever made a DTensor
+    dtensor_type = getattr(module, "DTensor", None)
+    if dtensor_type is None or not isinstance(t, dtensor_type):
+        return None
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
+    return t.to_local(), list(t.shape), list(offset)
+
+
 def _walk_into(into: Any, key: Any) -> Any:
     """The child of `into` under `key` (dict key or sequence index), or None."""
     try:
@@ -289,12 +302,16 @@ class Checkpointer:
         tensors = []
         for name, t in flat.tensors:
             t = t.detach()
+            global_shape = global_offset = None
+            shard = _dtensor_shard(t)
+            if shard is not None:  # this rank's shard, with where it sits in the global tensor
+                t, global_shape, global_offset = shard
             if t.is_conj():
                 t = t.resolve_conj()
             if t.is_neg():
                 t = t.resolve_neg()
             tensors.append(t)
-            specs.append((name, _dtype_name(t.dtype), list(t.shape), None, None))
+            specs.append((name, _dtype_name(t.dtype), list(t.shape), global_shape, global_offset))
         with self._lock:
             session = self._core.begin_save(step, specs, metadata, save_id)
             try:
@@ -416,23 +433,33 @@ class Checkpointer:
         keep_alive: List[torch.Tensor] = []
 
         def tensor(index: int, into_t: Any) -> torch.Tensor:
-            name, dtype_name, shape, _, _, length = stored[index]
+            name, dtype_name, shape, global_shape, global_offset, length = stored[index]
+            stored_global = (list(global_shape), list(global_offset)) if global_shape else None
             dtype = _dtype_of(dtype_name)
             if isinstance(into_t, torch.Tensor):
                 used.add(id(into_t))
+                shard = _dtensor_shard(into_t.detach())
+                result = into_t
+                if shard is not None:  # a DTensor: fill this rank's local shard in place
+                    into_t = shard[0]
                 if into_t.dtype != dtype or list(into_t.shape) != list(shape):
                     raise ValueError(f"tensor {name!r}: checkpoint step {step} holds {dtype_name} "
                                      f"{list(shape)}, the destination is "
                                      f"{_dtype_name(into_t.dtype)} {list(into_t.shape)}")
+                if shard is not None and stored_global and (shard[1], shard[2]) != stored_global:
+                    raise ValueError(f"tensor {name!r}: checkpoint step {step} holds the shard at "
+                                     f"{stored_global[1]} of {stored_global[0]}, the destination "
+                                     f"DTensor's is at {shard[2]} of {shard[1]} (reshard through "
+                                     f"granary.dcp)")
                 dest = into_t.detach()
                 if dest.device.type == "cpu" and dest.is_contiguous():
                     targets.append((name, dest.data_ptr(), length))
                     keep_alive.append(dest)
-                    return into_t
+                    return result
                 tmp = torch.empty(shape, dtype=dtype)
                 targets.append((name, tmp.data_ptr(), length))
                 post.append((dest, tmp))
-                return into_t
+                return result
             t = torch.empty(shape, dtype=dtype)
             targets.append((name, t.data_ptr(), length))
             return t
@@ -479,8 +506,9 @@ class Checkpointer:
         step = self._step_or_latest(step)
         world_size, _, stored = self._core.describe(step)
         return {"step": step, "world_size": world_size,
-                "tensors": [{"name": n, "dtype": d, "shape": list(s), "bytes": length}
-                            for n, d, s, _, _, length in stored]}
+                "tensors": [{"name": n, "dtype": d, "shape": list(s), "bytes": length,
+                             **({"global_shape": list(gs), "global_offset": list(go)} if gs else {})}
+                            for n, d, s, gs, go, length in stored]}
 
     def verify(self, step: Optional[int] = None) -> None:
         """Re-reads every tensor of every rank of a step (default: newest) and checks every

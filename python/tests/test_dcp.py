@@ -656,6 +656,18 @@ def _dist_worker(rank: int, world_size: int, init_file: str, url: str) -> None:
         assert torch.equal(again["w2"].full_tensor(), _full("w2").to(torch.bfloat16))
     finally:
         dist.destroy_process_group()
+    # Leave without finalizing the interpreter. DTensor's redistribution and sharding caches
+    # keep the DeviceMesh, and through it the gloo backend, alive after destroy_process_group,
+    # so gloo's worker threads outlive this function. Such a thread drops its reference to a
+    # finished collective (here full_tensor's all-gather) just after the waiter wakes up, and
+    # that needs the GIL (the work holds tensors with Python objects). If the main thread has
+    # begun Py_Finalize by then, take_gil ends the thread with pthread_exit, whose unwinding
+    # through the work's noexcept destructor calls std::terminate (SIGABRT). Torch gives no
+    # way to join those threads, so the worker exits directly once everything is done (errors
+    # still propagate: mp.spawn reports an exception raised above from its error file).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_two_ranks_save_dtensor_and_reshard(tmp_dir: pathlib.Path) -> None:
