@@ -22,7 +22,9 @@
 //   handle->Wait();                                               // durable and committed
 //
 // Thread safety: Checkpointer methods are thread-safe; a SaveSession belongs to one thread;
-// SaveHandle methods are thread-safe. One save persists at a time per Checkpointer.
+// SaveHandle methods are thread-safe. One save persists at a time per Checkpointer, so Finish or
+// destroy a session before starting another save (IfBusy::kWait would wait for it forever) and
+// before destroying the Checkpointer.
 #ifndef GRANARY_CHECKPOINT_H_
 #define GRANARY_CHECKPOINT_H_
 
@@ -124,6 +126,14 @@ class SaveSession {
   // staging, blocking while the ring is full. Tensors must be staged in index order.
   // InvalidArgument for an out-of-order index or a wrong size.
   virtual Status CopyIn(size_t index, std::span<const std::byte> bytes) = 0;
+  // CopyIn for consecutive tensors at once: small tensors are copied by several threads together
+  // (the whole stall of a state of many small tensors). Same rules and errors as CopyIn; all
+  // sources are checked before anything is staged.
+  struct CopySource {
+    size_t index = 0;
+    std::span<const std::byte> bytes;
+  };
+  virtual Status CopyInMany(std::span<const CopySource> sources) = 0;
   // Piecewise staging for callers that copy themselves (strided or device tensors): returns the
   // staging memory for bytes [offset, offset + n) of tensor `index`, n = min(max_piece_bytes,
   // remaining); fill it, then call CommitPiece. Pieces go in order.

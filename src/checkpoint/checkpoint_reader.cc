@@ -81,9 +81,10 @@ Result<RankManifest> ReadManifest(ObjectStore& store, std::string_view root,
 
 namespace {
 
-// ReadTensors reads in batches of about this many bytes, two batches in flight, and checks a
+// ReadTensors reads in batches of about this many bytes (two batches fit LocalStore's bounce
+// buffers for misaligned destinations), two batches in flight, and checks a
 // batch's checksums while the next ones are read, so verification hides behind the device.
-constexpr uint64_t kReadBatchBytes = 128ULL << 20;
+constexpr uint64_t kReadBatchBytes = 64ULL << 20;
 constexpr size_t kBatchesInFlight = 2;
 
 struct OpInfo {

@@ -36,7 +36,7 @@ struct TensorRead {
 };
 
 // Reads every tensor of `reads` straight into its destination, one op per checksum chunk, in
-// GetMany batches of ~128 MiB with two batches in flight, verifying each batch's crc32c while the
+// GetMany batches of ~64 MiB with two batches in flight, verifying each batch's crc32c while the
 // next ones are read, and with `verify_hash` also each tensor's
 // XXH3-128. InvalidArgument if a dest has the wrong size; DataLoss naming the tensor and the
 // data file key on a mismatch or short object; the first failing read's error otherwise.

@@ -182,6 +182,7 @@ Result<std::unique_ptr<SaveSession>> CheckpointerImpl::BeginSave(uint64_t step,
     std::lock_guard<std::mutex> base_lock(base_mu_);
     save->SetBase(base_);
   }
+  if (options_.budget_bytes == 0) save->PersistAfterStaging();
   current_ = save;
   StagingRing* ring = ring_.get();
   persister_ = std::thread([this, save, ring, max_piece] { Persist(save, ring, max_piece); });

@@ -470,6 +470,39 @@ TEST_P(CheckpointerTest, StagingMistakesAreRejectedAndTheSessionRecovers) {
   EXPECT_TRUE(LoadsExactly(*ckpt, 1, state));
 }
 
+TEST_P(CheckpointerTest, CopyInManyStagesGroupsAndChecksEverythingFirst) {
+  for (uint64_t budget : {uint64_t{0}, uint64_t{16} << 20}) {
+    SCOPED_TRACE("budget " + std::to_string(budget));
+    CheckpointerOptions options;
+    options.budget_bytes = budget;
+    auto ckpt = Open(options, "copy-in-many-" + std::to_string(budget));
+    ASSERT_NE(ckpt, nullptr);
+    // Many small tensors, one larger than a piece of the budgeted ring, a zero-size one.
+    std::vector<TestTensor> state;
+    for (int i = 0; i < 40; ++i) state.push_back(MakeTensor("small." + std::to_string(i), "float32", {25000}, i));
+    state.push_back(MakeTensor("big", "bfloat16", {9u << 20}, 99));
+    state.push_back(MakeTensor("empty", "int64", {0, 3}, 100));
+    state.push_back(MakeTensor("tail", "uint8", {12345}, 101));
+    GRANARY_ASSERT_OK_AND_ASSIGN(auto session, ckpt->BeginSave(1, SpecsOf(state)));
+    std::vector<SaveSession::CopySource> sources;
+    for (size_t i = 0; i < state.size(); ++i) sources.push_back({i, state[i].bytes});
+    // A wrong size anywhere rejects the whole call before anything is staged.
+    std::vector<std::byte> short_bytes(state[7].bytes.begin(), state[7].bytes.end() - 4);
+    std::vector<SaveSession::CopySource> bad = sources;
+    bad[7].bytes = short_bytes;
+    Status s = session->CopyInMany(bad);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
+    EXPECT_TRUE(Contains(s.message(), "small.7")) << s.ToString();
+    std::vector<SaveSession::CopySource> gap = {sources[0], sources[2]};
+    EXPECT_EQ(session->CopyInMany(gap).code(), StatusCode::kInvalidArgument);
+    GRANARY_ASSERT_OK(session->CopyInMany(std::span(sources).first(10)));
+    GRANARY_ASSERT_OK(session->CopyInMany(std::span(sources).subspan(10)));
+    GRANARY_ASSERT_OK_AND_ASSIGN(auto handle, session->Finish());
+    GRANARY_ASSERT_OK(handle->Wait());
+    EXPECT_TRUE(LoadsExactly(*ckpt, 1, state));
+  }
+}
+
 TEST_P(CheckpointerTest, BeginSaveRejectsBadSpecsAndStepsNamingThem) {
   auto ckpt = Open();
   ASSERT_NE(ckpt, nullptr);

@@ -42,6 +42,48 @@ void ParallelCopy(std::byte* dst, const std::byte* src, size_t n) {
   for (auto& f : futures) f.get();
 }
 
+// Copies every (dst, src, n) job, the bytes split evenly over the copy pool and this thread.
+struct CopyJob {
+  std::byte* dst;
+  const std::byte* src;
+  size_t n;
+};
+void ParallelCopyJobs(const std::vector<CopyJob>& jobs) {
+  size_t total = 0;
+  for (const CopyJob& j : jobs) total += j.n;
+  if (total < kParallelCopyMinBytes) {
+    for (const CopyJob& j : jobs) std::memcpy(j.dst, j.src, j.n);
+    return;
+  }
+  ThreadPool& pool = CopyPool();
+  const size_t shares = pool.num_threads() + 1;
+  const size_t share_bytes = (total + shares - 1) / shares;
+  std::vector<std::vector<CopyJob>> parts(1);
+  size_t in_part = 0;
+  for (CopyJob j : jobs) {
+    while (j.n > 0) {
+      const size_t take = std::min(j.n, share_bytes - in_part);
+      parts.back().push_back(CopyJob{j.dst, j.src, take});
+      j.dst += take;
+      j.src += take;
+      j.n -= take;
+      in_part += take;
+      if (in_part == share_bytes) {
+        parts.emplace_back();
+        in_part = 0;
+      }
+    }
+  }
+  std::vector<std::future<void>> futures;
+  for (size_t p = 1; p < parts.size(); ++p) {
+    futures.push_back(pool.Submit([part = std::move(parts[p])] {
+      for (const CopyJob& j : part) std::memcpy(j.dst, j.src, j.n);
+    }));
+  }
+  for (const CopyJob& j : parts[0]) std::memcpy(j.dst, j.src, j.n);
+  for (auto& f : futures) f.get();
+}
+
 class SaveSessionImpl final : public SaveSession {
  public:
   SaveSessionImpl(std::shared_ptr<SaveState> save, StagingRing* ring, uint64_t max_piece_bytes)
@@ -79,6 +121,67 @@ class SaveSessionImpl final : public SaveSession {
       ParallelCopy(dest.data(), bytes.data() + offset, dest.size());
       offset += dest.size();
       GRANARY_RETURN_IF_ERROR(CommitPiece());
+    }
+    return Status::OK();
+  }
+
+  Status CopyInMany(std::span<const CopySource> sources) override {
+    // Check everything first, so an error stages nothing.
+    if (sources.empty()) return Status::OK();
+    GRANARY_RETURN_IF_ERROR(CheckNext(sources[0].index, 0));
+    for (size_t k = 0; k < sources.size(); ++k) {
+      const size_t index = sources[k].index;
+      if (index != sources[0].index + k || index >= save_->specs().size()) {
+        return InvalidArgumentError("CopyInMany: tensor index " + std::to_string(index) +
+                                    " is not the next of " + std::to_string(save_->specs().size()) +
+                                    " (indices must be consecutive)");
+      }
+      if (sources[k].bytes.size() != save_->lengths()[index]) {
+        return InvalidArgumentError("tensor \"" + save_->specs()[index].name + "\": " +
+                                    std::to_string(sources[k].bytes.size()) +
+                                    " bytes given, its shape and dtype need " +
+                                    std::to_string(save_->lengths()[index]));
+      }
+    }
+    size_t k = 0;
+    while (k < sources.size()) {
+      if (sources[k].bytes.size() > max_piece_bytes_) {  // several pieces: on its own
+        GRANARY_RETURN_IF_ERROR(CopyIn(sources[k].index, sources[k].bytes));
+        ++k;
+        continue;
+      }
+      // A group of single-piece tensors of at most one piece's bytes in all: allocate their
+      // regions in order, copy them together, then hand them to the persister in order.
+      std::vector<StagedPiece> group;
+      std::vector<CopyJob> jobs;
+      uint64_t group_bytes = 0;
+      Status status;
+      for (; k < sources.size() && sources[k].bytes.size() <= max_piece_bytes_; ++k) {
+        const CopySource& src = sources[k];
+        if (!group.empty() && group_bytes + src.bytes.size() > max_piece_bytes_) break;
+        StagedPiece piece{src.index, 0, {}, 0, true};
+        if (!src.bytes.empty()) {
+          Result<StagingRing::Region> region = ring_->Allocate(src.bytes.size());
+          if (!region.ok()) {
+            status = region.status();
+            break;
+          }
+          piece.bytes = region->bytes;
+          piece.region = region->id;
+          jobs.push_back(CopyJob{region->bytes.data(), src.bytes.data(), src.bytes.size()});
+        }
+        group_bytes += src.bytes.size();
+        group.push_back(piece);
+      }
+      if (!status.ok()) {
+        for (const StagedPiece& piece : group) {
+          if (piece.region != 0) ring_->Free(piece.region);
+        }
+        return status;
+      }
+      ParallelCopyJobs(jobs);
+      for (const StagedPiece& piece : group) save_->Push(piece);
+      next_tensor_ += group.size();
     }
     return Status::OK();
   }

@@ -87,7 +87,7 @@ void SaveState::CancelStaging() {
 
 bool SaveState::Pop(StagedPiece* piece, bool* cancelled) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait(lock, [&] { return !queue_.empty() || staging_done_; });
+  cv_.wait(lock, [&] { return staging_done_ || (!queue_.empty() && !persist_after_staging_); });
   *cancelled = cancelled_;
   if (queue_.empty()) return false;
   *piece = queue_.front();

@@ -48,6 +48,9 @@ class SaveState final : public SaveHandle {
   void FinishStaging(double stall_s);
   void CancelStaging();
 
+  // Unbounded staging: the persister starts only once staging is finished, so the copy (the
+  // caller's stall) has the CPU and memory bandwidth to itself. Call before sharing the save.
+  void PersistAfterStaging() { persist_after_staging_ = true; }
   // Persister side: the next piece, or false once staging finished (or was cancelled) and the
   // queue is empty. `*cancelled` tells which.
   bool Pop(StagedPiece* piece, bool* cancelled);
@@ -79,6 +82,7 @@ class SaveState final : public SaveHandle {
   mutable std::condition_variable cv_;
   std::deque<StagedPiece> queue_;  // GUARDED_BY(mu_)
   bool staging_done_ = false;      // GUARDED_BY(mu_)
+  bool persist_after_staging_ = false;
   bool cancelled_ = false;         // GUARDED_BY(mu_)
   double stall_s_ = 0;             // GUARDED_BY(mu_)
   bool done_ = false;              // GUARDED_BY(mu_)

@@ -73,10 +73,10 @@ class PySession {
     Status status;
     {
       py::gil_scoped_release release;
-      for (const auto& [index, ptr, n] : copies) {
-        status = s.CopyIn(index, Span(ptr, n));
-        if (!status.ok()) break;
-      }
+      std::vector<SaveSession::CopySource> sources;
+      sources.reserve(copies.size());
+      for (const auto& [index, ptr, n] : copies) sources.push_back({index, Span(ptr, n)});
+      status = s.CopyInMany(sources);
     }
     ThrowIfError(status, "");
   }

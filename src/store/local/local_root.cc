@@ -21,6 +21,10 @@ constexpr size_t kBackgroundThreads = 4;
 // Staging buffers per part size, shared by all writers of a store (bounds staging memory).
 constexpr size_t kStagingBuffersPerPool = 16;
 constexpr size_t kMaxSharedPools = 4;
+// Bounce buffers for O_DIRECT reads into misaligned memory: 32 x (4 MiB + 8 KiB), enough for two 64 MiB
+// GetMany batches in flight.
+constexpr size_t kBounceBufferBytes = (4u << 20) + (8u << 10);  // a 4 MiB range at any offset
+constexpr size_t kBounceBuffers = 32;
 // Renames that lose a race against Delete pruning an emptied directory are retried.
 constexpr int kPublishAttempts = 8;
 
@@ -380,6 +384,18 @@ Status LocalRoot::Remove(std::string_view key) {
     if (!fs_->RemoveDir(PathOf(dir)).ok()) break;
   }
   return Status::OK();
+}
+
+Result<std::shared_ptr<BufferPool>> LocalRoot::BouncePool() {
+  std::lock_guard<std::mutex> lock(pools_mu_);
+  if (!bounce_pool_) {
+    BufferPool::Options options;
+    options.buffer_bytes = kBounceBufferBytes;
+    options.max_buffers = kBounceBuffers;
+    GRANARY_ASSIGN_OR_RETURN(std::unique_ptr<BufferPool> pool, BufferPool::Create(options));
+    bounce_pool_ = std::move(pool);
+  }
+  return bounce_pool_;
 }
 
 Result<std::shared_ptr<BufferPool>> LocalRoot::StagingPool(size_t part_bytes) {

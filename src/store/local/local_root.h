@@ -102,6 +102,9 @@ class LocalRoot {
   ThreadPool& background() { return background_; }
   // A pool of staging buffers of `part_bytes` shared by writers with that part size.
   Result<std::shared_ptr<BufferPool>> StagingPool(size_t part_bytes);
+  // Aligned ~4 MiB buffers for O_DIRECT reads whose destination memory is not aligned like the
+  // file offset (GetMany reads into them, then copies). Bounded: 32 buffers, allocated lazily.
+  Result<std::shared_ptr<BufferPool>> BouncePool();
 
  private:
   LocalRoot(std::string root, const StoreOptions& options, FileSystem* fs, File root_dir);
@@ -126,6 +129,7 @@ class LocalRoot {
 
   std::mutex pools_mu_;
   std::map<size_t, std::shared_ptr<BufferPool>> pools_;  // GUARDED_BY(pools_mu_)
+  std::shared_ptr<BufferPool> bounce_pool_;              // GUARDED_BY(pools_mu_)
 };
 
 }  // namespace granary

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <utility>
 #include <vector>
@@ -113,6 +114,49 @@ Status LocalStore::GetMany(std::span<ReadOp> ops) {
     }
   };
 
+  // Bounce reads: request r reads an aligned range into `lease`; bytes [skip, skip + length) of
+  // it belong at `dest`. Ops read this way are accounted from these, not from request results.
+  struct Bounce {
+    uint32_t request;
+    uint32_t op;
+    BufferPool::Lease lease;
+    size_t skip;
+    std::byte* dest;
+    size_t length;
+  };
+  std::vector<Bounce> bounces;
+  std::vector<bool> bounced(ops.size(), false);
+  std::shared_ptr<BufferPool> bounce_pool;
+  if (Result<std::shared_ptr<BufferPool>> pool = root_->BouncePool(); pool.ok()) bounce_pool = *pool;
+  // Reads [aligned_begin, aligned_end) of fd into bounce buffers for op `op` (wanting [begin, end)
+  // at dest). False, adding nothing, when the pool cannot lend enough buffers right now.
+  auto AddBounced = [&](int fd, uint64_t aligned_begin, uint64_t aligned_end, uint64_t begin,
+                        uint64_t end, std::byte* dest, uint32_t op) {
+    std::vector<BufferPool::Lease> leases;
+    for (uint64_t at = aligned_begin; at < aligned_end; at += bounce_pool->buffer_bytes()) {
+      Result<BufferPool::Lease> lease = bounce_pool->TryAcquire();
+      if (!lease.ok() || !*lease) return false;  // leases go back to the pool
+      leases.push_back(std::move(lease).value());
+    }
+    size_t k = 0;
+    for (uint64_t at = aligned_begin; at < aligned_end; at += bounce_pool->buffer_bytes(), ++k) {
+      const uint64_t piece_end = std::min<uint64_t>(aligned_end, at + bounce_pool->buffer_bytes());
+      const uint64_t from = std::max(begin, at);
+      const uint64_t to = std::min(end, piece_end);
+      IoRequest& r = requests.emplace_back();
+      r.opcode = IoOpcode::kRead;
+      r.fd = fd;
+      r.offset = at;
+      r.buffer = leases[k].data();
+      r.length = static_cast<size_t>(piece_end - at);
+      bounces.push_back(Bounce{static_cast<uint32_t>(requests.size() - 1), op, std::move(leases[k]),
+                               static_cast<size_t>(from - at), dest + (from - begin),
+                               static_cast<size_t>(to - from)});
+    }
+    bounced[op] = true;
+    return true;
+  };
+
   // Op i's requests are [request_begin[i], request_end[i]), in file order.
   std::vector<uint32_t> request_begin(ops.size(), 0);
   std::vector<uint32_t> request_end(ops.size(), 0);
@@ -142,9 +186,11 @@ Status LocalStore::GetMany(std::span<ReadOp> ops) {
       // their alignment; the unaligned head and tail go through the page cache.
       const uint64_t body_begin = AlignUp(begin);
       const uint64_t body_end = AlignDown(end);
-      const bool use_direct =
-          end - begin >= direct_min && body_end > body_begin &&
-          (reinterpret_cast<uintptr_t>(dest) - begin) % kDirectIoAlignment == 0;
+      const bool large = end - begin >= direct_min && body_end > body_begin;
+      const bool aligned_dest = (reinterpret_cast<uintptr_t>(dest) - begin) % kDirectIoAlignment == 0;
+      // Misaligned destinations (a torch tensor is only 64-byte aligned) read with O_DIRECT
+      // into bounce buffers and are copied after the batch, when enough buffers are free.
+      const bool use_direct = large && (aligned_dest || bounce_pool);
       if (use_direct && direct_fd < 0) {
         Result<File> direct = root_->ReopenDirect(key, *object);
         if (direct.ok()) {
@@ -154,7 +200,10 @@ Status LocalStore::GetMany(std::span<ReadOp> ops) {
           direct_fd = -2;  // this key stays buffered for the whole batch
         }
       }
-      if (use_direct && direct_fd >= 0) {
+      if (use_direct && direct_fd >= 0 && !aligned_dest &&
+          AddBounced(direct_fd, AlignDown(begin), AlignUp(end), begin, end, dest, i)) {
+        // all of op i's requests are bounce reads
+      } else if (use_direct && direct_fd >= 0 && aligned_dest) {
         add_requests(buffered_fd, begin, dest, body_begin - begin);
         add_requests(direct_fd, body_begin, dest + (body_begin - begin), body_end - body_begin);
         add_requests(buffered_fd, body_end, dest + (body_end - begin), end - body_end);
@@ -176,9 +225,31 @@ Status LocalStore::GetMany(std::span<ReadOp> ops) {
       return batch;
     }
   }
+  // Bounce reads: copy what each read returned into its destination, in file order per op.
+  std::vector<bool> bounce_done(ops.size(), false);
+  std::vector<size_t> bounce_total(ops.size(), 0);
+  for (Bounce& b : bounces) {
+    ReadOp& op = ops[b.op];
+    if (!op.status.ok() || bounce_done[b.op]) continue;
+    const IoRequest& request = requests[b.request];
+    if (request.result < 0) {
+      op.status = ErrnoToStatus(static_cast<int>(-request.result), "get of " + root_->Describe(op.key));
+      continue;
+    }
+    const size_t got = static_cast<size_t>(request.result);
+    const size_t n = got > b.skip ? std::min(b.length, got - b.skip) : 0;
+    std::memcpy(b.dest, b.lease.data() + b.skip, n);
+    bounce_total[b.op] += n;
+    if (n < b.length) bounce_done[b.op] = true;  // the file ended
+    b.lease = BufferPool::Lease();
+  }
   for (uint32_t i : order) {
     ReadOp& op = ops[i];
     if (!op.status.ok()) continue;
+    if (bounced[i]) {
+      op.bytes_read = bounce_total[i];
+      continue;
+    }
     size_t total = 0;
     for (uint32_t r = request_begin[i]; r < request_end[i]; ++r) {
       const IoRequest& request = requests[r];
