@@ -84,7 +84,7 @@ are contenders of one harness run, so they rotate between rounds like the conten
                            to the loop (the kernel's direct-I/O work), which a save cannot beat;
                            its durable_s is the machine's time to write the state
   granary nice=N, granary  granary.Checkpointer with persist_nice=N for each N of
-                           --train-granary-nice (default 0,19) and with the default (10): the
+                           --train-granary-nice (default 0,10) and with the default (19): the
                            tradeoff between slowdown and time to durable
   dcp.async, granary.dcp.async
 
@@ -104,7 +104,7 @@ are contenders of one harness run, so they rotate between rounds like the conten
 Usage:
   .venv/bin/python bench/checkpoint_bench.py [--sizes-gib 2,8] [--rounds 5] [--dir DIR]
         [--contenders torch.save,dcp,...] [--no-train | --train-only] [--train-save-every 50]
-        [--train-saves 2] [--train-granary-nice 0,19] [--train-ceiling-writer dd] [--quick]
+        [--train-saves 2] [--train-granary-nice 0,10] [--train-ceiling-writer dd] [--quick]
   make bench (bench/run_all.py runs it after doctor_vs_fio; --skip checkpoint to leave it out)
   quick look: OMP_NUM_THREADS=2 .venv/bin/python bench/checkpoint_bench.py --sizes-gib 0.25
         --rounds 2
@@ -147,7 +147,7 @@ GIB = 1 << 30
 ALL_CONTENDERS = ["torch.save", "dcp", "dcp.async", "granary", "granary.dcp",
                   "granary.dcp.async"]
 ASYNC_CONTENDERS = ["granary", "dcp.async", "granary.dcp.async"]
-GRANARY_DEFAULT_NICE = 10  # granary.Checkpointer(persist_nice=...)'s default
+GRANARY_DEFAULT_NICE = 19  # granary.Checkpointer(persist_nice=...)'s default
 # Issue 3 goals, as ratios to the ceiling (1.0 = as good as the ceiling); granary only.
 # durable_s and restore_s have the same ratios as write_GBps and read_GBps: not repeated.
 GOALS = {"stall_s": 1 / 1.2, "write_GBps": 0.9, "read_GBps": 0.9, "step_ms": 1 / 1.1}
@@ -1031,7 +1031,7 @@ def add_arguments(parser: argparse.ArgumentParser, standalone: bool = True) -> N
                         help="matmuls per training step (default 2)")
     parser.add_argument("--train-matmul-n", type=int, default=2048,
                         help="matrix size of the training matmuls (default 2048)")
-    parser.add_argument("--train-granary-nice", default="0,19",
+    parser.add_argument("--train-granary-nice", default="0,10",
                         help="granary's persist_nice values to run in the training loop besides "
                              "the default, comma-separated (default 0,19; '' for none)")
     parser.add_argument("--train-ceiling-writer", choices=["dd", "fio", "none"], default="dd",

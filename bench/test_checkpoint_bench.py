@@ -65,7 +65,7 @@ class FakeCheckpointer:
     """Snapshot by clone, persist with torch.save in a thread."""
     fail = False
 
-    def __init__(self, url, keep_last=3, incremental=True, persist_nice=10):
+    def __init__(self, url, keep_last=3, incremental=True, persist_nice=19):
         assert 0 <= persist_nice <= 19
         self.persist_nice = persist_nice
         self.dir = _path(url)
@@ -141,7 +141,7 @@ def test_every_contender_reports_every_metric(tmp_path, fake_granary):
     r = got[("checkpoint", "granary", "write_GBps")]
     assert r["goal_ratio"] == 0.9 and r["ratio"] is not None and r["state_bytes"] > 20e6
     assert got[("checkpoint", "torch.save", "stall_s")].get("goal_ratio") is None
-    for c in ("granary", "granary nice=0", "granary nice=19", "dcp.async", "granary.dcp.async",
+    for c in ("granary", "granary nice=0", "granary nice=10", "dcp.async", "granary.dcp.async",
               cb.ODIRECT_CEILING):
         for m in ("stall_ms", "durable_s", "steps_persisting"):
             assert ("checkpoint_train", c, m) in got, (c, m, log.getvalue())
@@ -151,7 +151,7 @@ def test_every_contender_reports_every_metric(tmp_path, fake_granary):
     assert len(out.getvalue().splitlines()) == len(results)
     table = cb.markdown_table(results)
     assert "| 0.02GiB | granary |" in table and "| 0.02GiB | no-save |" in table
-    assert "| 0.02GiB | granary nice=19 |" in table and "durable s while training" in table
+    assert "| 0.02GiB | granary nice=10 |" in table and "durable s while training" in table
     assert f"| 0.02GiB | {cb.ODIRECT_CEILING} |" in table
     assert "FAILED" not in log.getvalue(), log.getvalue()
     assert not (tmp_path / "checkpoint-bench").exists()

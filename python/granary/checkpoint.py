@@ -251,8 +251,9 @@ class Checkpointer:
             initialized, else 0 of 1. Every rank writes its own files; rank 0 commits once all
             ranks' parts are durable.
         commit_timeout_s: how long ranks wait for each other at commit.
-        persist_nice: nice value of the native persister thread (0-19), so the training loop's
-            threads win the CPU while a save persists; 0 persists at normal priority.
+        persist_nice: nice value of the native persister thread (0-19, default 19), so the
+            training loop's threads win the CPU while a save persists (the save takes longer to
+            become durable when the cores are busy); 0 persists at normal priority.
     """
 
     def __init__(self, url: str, keep_last: int = 3, keep_every: Optional[int] = None,
@@ -260,7 +261,7 @@ class Checkpointer:
                  if_busy: str = "wait", *, rank: Optional[int] = None,
                  world_size: Optional[int] = None, commit_timeout_s: int = 1800,
                  data_file_bytes: int = 1 << 30, collect_garbage: bool = True,
-                 persist_nice: int = 10) -> None:
+                 persist_nice: int = 19) -> None:
         self._dist = None
         if rank is None and world_size is None:
             dist = getattr(torch, "distributed", None)

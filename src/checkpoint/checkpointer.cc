@@ -6,6 +6,7 @@
 
 #include "checkpoint/checkpoint_reader.h"
 #include "checkpoint/checkpointer_impl.h"
+#include "checkpoint/tensor_restore.h"
 
 namespace granary {
 
@@ -246,7 +247,15 @@ Status CheckpointerImpl::Load(uint64_t step, std::span<const LoadTarget> targets
     seen.insert(it->second);
     reads.push_back(TensorRead{it->second, t.dest});
   }
-  Status s = ReadTensors(*store_, root_, m, reads);
+  // Loads run one at a time: each may hold every block buffer (two batches in flight).
+  std::lock_guard<std::mutex> lock(restore_mu_);
+  if (!restore_blocks_) {
+    BufferPool::Options options;
+    options.buffer_bytes = kRestoreBlockBytes;
+    options.max_buffers = 2 * kRestoreBlocksPerBatch;
+    GRANARY_ASSIGN_OR_RETURN(restore_blocks_, BufferPool::Create(options));
+  }
+  Status s = RestoreTensors(*store_, root_, m, reads, *restore_blocks_);
   if (!s.ok()) return s.WithContext("step " + std::to_string(step) + " of " + url());
   // Every byte of the step was just checked: it can serve as the base of incremental saves.
   if (seen.size() == m.tensors.size()) SetBase(std::move(m));

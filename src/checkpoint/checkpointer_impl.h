@@ -65,6 +65,10 @@ class CheckpointerImpl final : public Checkpointer {
   bool joining_ = false;                // a thread is joining the persister. GUARDED_BY(mu_)
   std::condition_variable joined_cv_;   // signalled when joining_ turns false
   std::unique_ptr<StagingRing> ring_;   // GUARDED_BY(mu_) (used by one save at a time)
+  // Block buffers of the restore path (tensor_restore.h), allocated on the first Load, reused;
+  // held by one Load at a time.
+  std::mutex restore_mu_;
+  std::unique_ptr<BufferPool> restore_blocks_;  // GUARDED_BY(restore_mu_)
   std::mutex base_mu_;
   // Incremental base: the manifest of the last save committed or fully loaded by this process.
   std::shared_ptr<const RankManifest> base_;  // GUARDED_BY(base_mu_)
