@@ -1,10 +1,9 @@
 #include "checkpoint/checkpoint_reader.h"
 
 #include <algorithm>
-#include <deque>
-#include <future>
 
 #include "checkpoint/checkpoint_format.h"
+#include "checkpoint/tensor_restore.h"
 #include "core/checksum.h"
 
 namespace granary::checkpoint {
@@ -79,96 +78,15 @@ Result<RankManifest> ReadManifest(ObjectStore& store, std::string_view root,
   return m;
 }
 
-namespace {
-
-// ReadTensors reads in batches of about this many bytes (two batches fit LocalStore's bounce
-// buffers for misaligned destinations), two batches in flight, and checks a
-// batch's checksums while the next ones are read, so verification hides behind the device.
-constexpr uint64_t kReadBatchBytes = 64ULL << 20;
-constexpr size_t kBatchesInFlight = 2;
-
-struct OpInfo {
-  size_t read_index;
-  size_t chunk;
-};
-
-Status CheckBatch(std::span<const TensorRead> reads, std::span<ReadOp> ops,
-                  std::span<const OpInfo> infos) {
-  for (size_t i = 0; i < ops.size(); ++i) {
-    const TensorEntry& e = *reads[infos[i].read_index].entry;
-    const std::string where = "tensor \"" + e.name + "\" in " + ops[i].key;
-    if (!ops[i].status.ok()) return ops[i].status.WithContext(where);
-    if (ops[i].bytes_read != ops[i].dest.size()) {
-      return DataLossError(where + ": data file is truncated at chunk " + std::to_string(infos[i].chunk));
-    }
-    if (Crc32c(ops[i].dest.data(), ops[i].dest.size()) != e.chunk_crc32c[infos[i].chunk]) {
-      return DataLossError(where + ": crc32c mismatch in chunk " + std::to_string(infos[i].chunk) +
-                           " (bytes " + std::to_string(ops[i].offset) + ".." +
-                           std::to_string(ops[i].offset + ops[i].dest.size()) + ")");
-    }
-  }
-  return Status::OK();
-}
-
-}  // namespace
-
 Status ReadTensors(ObjectStore& store, std::string_view root, const RankManifest& manifest,
                    std::span<const TensorRead> reads, bool verify_hash) {
-  std::vector<ReadOp> ops;
-  std::vector<OpInfo> infos;
-  std::vector<size_t> batch_begin{0};  // op index where each batch starts
-  uint64_t batch_bytes = 0;
-  const uint64_t chunk_bytes = manifest.chunk_bytes;
-  for (size_t r = 0; r < reads.size(); ++r) {
-    const TensorEntry& e = *reads[r].entry;
-    if (reads[r].dest.size() != e.length) {
-      return InvalidArgumentError("tensor \"" + e.name + "\": destination has " +
-                                  std::to_string(reads[r].dest.size()) + " bytes, tensor has " +
-                                  std::to_string(e.length));
-    }
-    const std::string key = JoinKey(root, e.key);
-    for (size_t c = 0; c < e.chunk_crc32c.size(); ++c) {
-      const uint64_t pos = c * chunk_bytes;
-      ReadOp op;
-      op.key = key;
-      op.offset = e.offset + pos;
-      op.dest = reads[r].dest.subspan(pos, std::min<uint64_t>(chunk_bytes, e.length - pos));
-      batch_bytes += op.dest.size();
-      ops.push_back(std::move(op));
-      infos.push_back({r, c});
-      if (batch_bytes >= kReadBatchBytes) {
-        batch_begin.push_back(ops.size());
-        batch_bytes = 0;
-      }
-    }
-  }
-  if (batch_begin.back() != ops.size()) batch_begin.push_back(ops.size());
-  const size_t batches = batch_begin.size() - 1;
-  auto batch_ops = [&](size_t b) {
-    return std::span<ReadOp>(ops).subspan(batch_begin[b], batch_begin[b + 1] - batch_begin[b]);
-  };
-  std::deque<std::future<Status>> in_flight;
-  size_t launched = 0;
-  Status status;
-  for (size_t b = 0; b < batches; ++b) {
-    while (launched < batches && in_flight.size() < kBatchesInFlight) {
-      in_flight.push_back(std::async(std::launch::async,
-                                     [&store, span = batch_ops(launched)] { return store.GetMany(span); }));
-      ++launched;
-    }
-    Status s = in_flight.front().get();
-    in_flight.pop_front();
-    if (s.ok()) {
-      s = CheckBatch(reads, batch_ops(b),
-                     std::span<const OpInfo>(infos).subspan(batch_begin[b], batch_begin[b + 1] - batch_begin[b]));
-    }
-    if (!s.ok()) {
-      status = s;
-      break;
-    }
-  }
-  for (auto& f : in_flight) f.get().IgnoreError();  // already failing; let the reads finish
-  GRANARY_RETURN_IF_ERROR(status);
+  // One restore path for everything: RestoreTensors, with block buffers for this call only (the
+  // Checkpointer keeps its own across loads).
+  BufferPool::Options options;
+  options.buffer_bytes = kRestoreBlockBytes;
+  options.max_buffers = 2 * kRestoreBlocksPerBatch;
+  GRANARY_ASSIGN_OR_RETURN(std::unique_ptr<BufferPool> blocks, BufferPool::Create(options));
+  GRANARY_RETURN_IF_ERROR(RestoreTensors(store, root, manifest, reads, *blocks));
   if (verify_hash) {
     for (const TensorRead& r : reads) {
       if (Xxh3_128(r.dest.data(), r.dest.size()) != r.entry->xxh3) {

@@ -35,10 +35,9 @@ struct TensorRead {
   std::span<std::byte> dest;
 };
 
-// Reads every tensor of `reads` straight into its destination, one op per checksum chunk, in
-// GetMany batches of ~64 MiB with two batches in flight, verifying each batch's crc32c while the
-// next ones are read, and with `verify_hash` also each tensor's
-// XXH3-128. InvalidArgument if a dest has the wrong size; DataLoss naming the tensor and the
+// Reads every tensor of `reads` into its destination through RestoreTensors (tensor_restore.h:
+// aligned O_DIRECT blocks, crc32c checked as the bytes arrive), and with `verify_hash` also each
+// tensor's XXH3-128. InvalidArgument if a dest has the wrong size; DataLoss naming the tensor and the
 // data file key on a mismatch or short object; the first failing read's error otherwise.
 // dest contents are unspecified after an error.
 Status ReadTensors(ObjectStore& store, std::string_view root, const RankManifest& manifest,
