@@ -159,6 +159,10 @@ struct IoRequest {
   uint64_t offset = 0;
   void* buffer = nullptr;
   size_t length = 0;
+  // Reads only: succeed only as far as the data is already in the page cache (RWF_NOWAIT on a
+  // buffered descriptor). The result is then the resident prefix (possibly short, never
+  // resubmitted) or -EAGAIN when nothing is resident; the caller reads the rest another way.
+  bool nowait = false;
   // Out: bytes transferred or -errno.
   int64_t result = 0;
   // Out, when IoEngineOptions::record_latency: nanoseconds from submission to completion.

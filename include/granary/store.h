@@ -33,6 +33,7 @@
 #include <string_view>
 #include <vector>
 
+#include "granary/io.h"
 #include "granary/status.h"
 
 namespace granary {
@@ -141,6 +142,14 @@ class ObjectStore {
   virtual Result<ObjectPage> ListPage(std::string_view prefix, std::string_view start_after,
                                     size_t max_objects) = 0;
 
+  // Opens the local file that holds `key`, for drivers that keep objects as plain files
+  // (LocalStore), so callers can keep descriptors of immutable objects open or memory-map them;
+  // O_DIRECT when `direct_io` and the file system supports it (the buffered descriptor is
+  // returned otherwise). Opened without following symlinks out of the root. Unimplemented on
+  // drivers without local files; NotFound if absent. Never write through the descriptor.
+  virtual Result<File> OpenLocalFile(std::string_view key, bool direct_io) {
+    return UnimplementedError("no local files behind " + url());
+  }
   // Every object under `prefix`, sorted by key (pages through ListPage).
   Result<std::vector<ObjectInfo>> List(std::string_view prefix);
 

@@ -4,6 +4,7 @@
 // thread plus queue_depth - 1 tasks on the engine's pool. The caller returns once every request
 // has completed; pool tasks that start late find the cursor exhausted and leave (they hold the
 // shared state, never the caller's stack).
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,10 +34,21 @@ void Execute(IoRequest& r, bool record_latency) {
     size_t len = std::min<size_t>(r.length - done, kMaxCallBytes);
     char* buf = static_cast<char*>(r.buffer) + done;
     off_t off = static_cast<off_t>(r.offset + done);
-    ssize_t n = r.opcode == IoOpcode::kRead ? ::pread(r.fd, buf, len, off)
-                                            : ::pwrite(r.fd, buf, len, off);
+    ssize_t n;
+    if (r.opcode == IoOpcode::kRead && r.nowait) {
+      iovec iov{buf, len};
+      n = ::preadv2(r.fd, &iov, 1, off, RWF_NOWAIT);
+    } else {
+      n = r.opcode == IoOpcode::kRead ? ::pread(r.fd, buf, len, off)
+                                      : ::pwrite(r.fd, buf, len, off);
+    }
     if (n < 0) {
       if (errno == EINTR) continue;
+      // RWF_NOWAIT: not resident; report what was copied (the caller reads the rest).
+      if (r.nowait && errno == EAGAIN) {
+        if (done == 0) result = -EAGAIN;
+        break;
+      }
       // Same rule as the io_uring engine: EINVAL when continuing an O_DIRECT read after a
       // partial block means end of file.
       if (errno == EINVAL && r.opcode == IoOpcode::kRead && done > 0) break;
@@ -48,6 +60,7 @@ void Execute(IoRequest& r, bool record_latency) {
       break;  // a read of 0 is end of file
     }
     done += static_cast<uint64_t>(n);
+    if (r.nowait) break;  // a short resident prefix is the answer; never wait for the rest
   }
   r.result = result < 0 ? result : static_cast<int64_t>(done);
   r.latency_ns = record_latency ? NowNanos() - start_ns : 0;

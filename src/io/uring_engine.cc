@@ -96,6 +96,7 @@ class Ring {
     void* buf = static_cast<char*>(r.buffer) + slot.done;
     if (r.opcode == IoOpcode::kRead) {
       io_uring_prep_read(sqe, r.fd, buf, len, r.offset + slot.done);
+      if (r.nowait) sqe->rw_flags = RWF_NOWAIT;
     } else {
       io_uring_prep_write(sqe, r.fd, buf, len, r.offset + slot.done);
     }
@@ -107,6 +108,11 @@ class Ring {
     Slot& slot = slots_[index];
     IoRequest& r = *slot.request;
     if (res < 0) {
+      if (r.nowait && res == -EAGAIN) {
+        // Not (or no longer) resident: report what was copied; the caller reads the rest.
+        r.result = slot.done > 0 ? static_cast<int64_t>(slot.done) : res;
+        return true;
+      }
       if ((res == -EAGAIN || res == -EINTR) && ++slot.retries < kMaxRetries) {
         Prepare(index);
         return false;
@@ -126,7 +132,7 @@ class Ring {
       return true;
     }
     slot.done += static_cast<uint64_t>(res);
-    if (slot.done < r.length) {
+    if (slot.done < r.length && !r.nowait) {
       Prepare(index);  // short transfer: the remainder goes out with the next round
       return false;
     }

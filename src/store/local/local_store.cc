@@ -47,6 +47,12 @@ class LocalStore final : public ObjectStore {
 
   Status GetMany(std::span<ReadOp> ops) override;
 
+  Result<File> OpenLocalFile(std::string_view key, bool direct_io) override {
+    GRANARY_RETURN_IF_ERROR(ValidateKey(key));
+    GRANARY_ASSIGN_OR_RETURN(OpenedObject object, root_->OpenObject(key, direct_io));
+    return std::move(object.file);
+  }
+
   Status Put(std::string_view key, std::span<const std::byte> data) override {
     GRANARY_RETURN_IF_ERROR(ValidateKey(key));
     return root_->WriteObject(key, data, /*no_replace=*/false);
