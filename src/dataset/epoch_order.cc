@@ -1,0 +1,2 @@
+// EpochOrder: stateless epoch permutations (being written).
+#include "granary/dataset.h"
