@@ -254,28 +254,29 @@ class EpochOrder {
   uint64_t epoch() const { return epoch_; }
   const OrderOptions& options() const { return options_; }
 
-  // Implementation state (public for the value type; use the accessors).
+  // Implementation detail (public so tests can check it directly): a keyed bijection of
+  // [0, n), a Feistel network over the smallest power of 2 >= n with cycle walking.
   struct Permutation {
-    uint64_t n = 0;            // domain [0, n)
-    uint32_t half_bits = 0;    // Feistel halves of half_bits bits each (2*half_bits >= log2 n)
-    uint64_t keys[6] = {};     // round keys from (seed, epoch, salt)
-    uint64_t Forward(uint64_t x) const;
-    uint64_t Inverse(uint64_t y) const;
+    static constexpr int kRounds = 6;
+    uint64_t n = 0;               // domain [0, n)
+    uint32_t left_bits = 0;       // Feistel halves: floor(b/2) and ceil(b/2) bits, 2^b >= n;
+    uint32_t right_bits = 0;      // both 0 for n <= 1 (the identity)
+    uint64_t keys[kRounds] = {};  // round keys from (seed, epoch, salt)
+    static Permutation Make(uint64_t n, uint64_t seed, uint64_t epoch, uint64_t salt);
+    uint64_t Forward(uint64_t x) const;  // x < n
+    uint64_t Inverse(uint64_t y) const;  // y < n
   };
 
  private:
-  uint64_t GlobalAt(uint64_t global_pos) const;
+  struct Locality;  // shard windows (epoch_order.cc); shared because it is immutable
+  uint64_t GlobalAt(uint64_t order_pos) const;
   uint64_t n_ = 0;
   uint64_t epoch_ = 0;
   uint64_t rank_size_ = 0;
   uint64_t used_ = 0;  // global positions used (n, padded total, or dropped total)
   OrderOptions options_;
-  Permutation perm_;                        // global shuffle, or window order when locality
-  std::vector<uint64_t> window_first_;      // locality: first sample of each window (+ n)
-  std::vector<uint32_t> window_of_shard_;   // unused when locality_shards == 0
-  std::vector<uint64_t> window_start_pos_;  // locality: global position where window w starts
-  std::vector<uint32_t> window_by_rank_;    // locality: window visited at each rank of order
-  std::vector<uint32_t> window_order_pos_;  // inverse of window_by_rank_
+  Permutation perm_;                          // global shuffle (locality_shards == 0)
+  std::shared_ptr<const Locality> locality_;  // null unless locality_shards > 0 and shuffle
 };
 
 // ---------------------------------------------------------------------------------------------
