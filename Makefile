@@ -15,7 +15,7 @@ STAMPS := build/stamps
 
 APT_PACKAGES := build-essential cmake ninja-build pkg-config python3-venv \
   liburing-dev libisal-dev libxxhash-dev libzstd-dev nlohmann-json3-dev libfmt-dev \
-  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libssl-dev libexpat1-dev fio
+  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libssl-dev libexpat1-dev libarchive-dev fio
 
 CMAKE_COMMON := -G Ninja -DCMAKE_BUILD_TYPE=Release
 
@@ -85,6 +85,7 @@ demo: install-py
 	$(VENV)/bin/granary doctor --quick build/demo-doctor
 	$(VPY) examples/store_roundtrip.py build/demo-store
 	OMP_NUM_THREADS=2 $(VPY) examples/checkpoint_demo.py build/demo-checkpoint
+	OMP_NUM_THREADS=2 $(VPY) examples/dataset_demo.py build/demo-dataset
 
 bench: install-py
 	OMP_NUM_THREADS=2 $(VPY) bench/run_all.py

@@ -4,6 +4,10 @@ find_package(Threads REQUIRED)
 pkg_check_modules(LIBURING REQUIRED IMPORTED_TARGET liburing)
 pkg_check_modules(LIBISAL REQUIRED IMPORTED_TARGET libisal)
 pkg_check_modules(LIBXXHASH REQUIRED IMPORTED_TARGET libxxhash)
+# Tar and compressed-stream reading for `granary pack`; linked by the CLI only.
+if(GRANARY_BUILD_CLI)
+  pkg_check_modules(LIBARCHIVE REQUIRED IMPORTED_TARGET libarchive)
+endif()
 # Header-only; used for manifests (never in public headers).
 find_package(nlohmann_json 3.10 REQUIRED)
 

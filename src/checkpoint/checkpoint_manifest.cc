@@ -6,14 +6,24 @@
 #include <limits>
 #include <unordered_set>
 
-#include <nlohmann/json.hpp>
-
 #include "checkpoint/checkpoint_format.h"
+#include "core/envelope.h"
+#include "core/json_fields.h"
 
 namespace granary::checkpoint {
 namespace {
 
-using Json = nlohmann::json;
+using json::Dump;
+using json::GetArray;
+using json::GetString;
+using json::GetU32;
+using json::GetU64;
+using json::Json;
+
+// The checkpoint envelope is the generic one (core/envelope.h) with this format's constants.
+static_assert(kEnvelopeHeaderBytes == ::granary::kEnvelopeHeaderBytes &&
+              kEnvelopeTrailerBytes == ::granary::kEnvelopeTrailerBytes &&
+              kMagicBytes == kEnvelopeMagicBytes);
 
 struct DtypeInfo {
   std::string_view name;
@@ -30,111 +40,13 @@ constexpr DtypeInfo kDtypes[] = {
     {"qint32", 4},
 };
 
-void PutU32(std::string& out, uint32_t v) {
-  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-void PutU64(std::string& out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-}
-uint64_t LoadLe(std::string_view bytes, size_t pos, int width) {
-  uint64_t v = 0;
-  for (int i = width - 1; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(bytes[pos + i]);
-  return v;
-}
-
 std::string Wrap(std::string_view magic, std::string_view body) {
-  std::string out;
-  out.reserve(kEnvelopeHeaderBytes + body.size() + kEnvelopeTrailerBytes);
-  out.append(magic);
-  PutU32(out, kFormatVersion);
-  PutU64(out, body.size());
-  out.append(body);
-  PutU32(out, Crc32c(out));
-  return out;
+  return WrapEnvelope(magic, kFormatVersion, body);
 }
 
-// Checks the envelope of `bytes` (stored under `key`) and returns the body.
 Result<std::string_view> Unwrap(std::string_view bytes, std::string_view magic,
                                 std::string_view kind, std::string_view key) {
-  const std::string where = std::string(kind) + " " + std::string(key);
-  if (bytes.size() < kEnvelopeHeaderBytes + kEnvelopeTrailerBytes) {
-    return DataLossError(where + ": truncated (" + std::to_string(bytes.size()) + " bytes)");
-  }
-  if (bytes.substr(0, kMagicBytes) != magic) {
-    return DataLossError(where + ": wrong magic (not a granary " + std::string(kind) + ")");
-  }
-  const uint64_t body_bytes = LoadLe(bytes, 12, 8);
-  const uint64_t expected = bytes.size() - kEnvelopeHeaderBytes - kEnvelopeTrailerBytes;
-  if (body_bytes != expected || body_bytes > kMaxBodyBytes) {
-    return DataLossError(where + ": body length " + std::to_string(body_bytes) + " but object has " +
-                         std::to_string(expected) + " body bytes (truncated or corrupt)");
-  }
-  const size_t crc_pos = bytes.size() - kEnvelopeTrailerBytes;
-  const uint32_t stored = static_cast<uint32_t>(LoadLe(bytes, crc_pos, 4));
-  if (Crc32c(bytes.substr(0, crc_pos)) != stored) {
-    return DataLossError(where + ": crc32c mismatch");
-  }
-  // Checked after the crc so that a flipped version byte reads as corruption, and a genuine
-  // newer object as unsupported.
-  const uint32_t version = static_cast<uint32_t>(LoadLe(bytes, 8, 4));
-  if (version != kFormatVersion) {
-    return InvalidArgumentError(where + ": format version " + std::to_string(version) +
-                                " is not supported (this build reads version " +
-                                std::to_string(kFormatVersion) + ")");
-  }
-  return bytes.substr(kEnvelopeHeaderBytes, body_bytes);
-}
-
-Result<Json> ParseBody(std::string_view body, std::string_view kind, std::string_view key) {
-  Json json = Json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
-    return DataLossError(std::string(kind) + " " + std::string(key) + ": body is not a JSON object");
-  }
-  return json;
-}
-
-// Serializes without exceptions escaping (dump throws on invalid UTF-8 in strings).
-Result<std::string> Dump(const Json& json, std::string_view what) {
-  try {
-    return json.dump();
-  } catch (const std::exception& e) {
-    return InvalidArgumentError(std::string(what) + ": cannot encode: " + e.what());
-  }
-}
-
-// Typed field access that never throws; false if missing or of the wrong type.
-bool GetU64(const Json& obj, const char* field, uint64_t* out) {
-  auto it = obj.find(field);
-  if (it == obj.end() || !it->is_number_unsigned()) return false;
-  *out = it->get<uint64_t>();
-  return true;
-}
-bool GetU32(const Json& obj, const char* field, uint32_t* out) {
-  uint64_t v = 0;
-  if (!GetU64(obj, field, &v) || v > UINT32_MAX) return false;
-  *out = static_cast<uint32_t>(v);
-  return true;
-}
-bool GetString(const Json& obj, const char* field, std::string* out) {
-  auto it = obj.find(field);
-  if (it == obj.end() || !it->is_string()) return false;
-  *out = it->get<std::string>();
-  return true;
-}
-template <typename T>
-bool GetArray(const Json& obj, const char* field, std::vector<T>* out, bool optional = false) {
-  auto it = obj.find(field);
-  if (it == obj.end()) return optional;
-  if (!it->is_array()) return false;
-  out->clear();
-  out->reserve(it->size());
-  for (const Json& v : *it) {
-    if (!v.is_number_unsigned()) return false;
-    const uint64_t x = v.get<uint64_t>();
-    if (x > std::numeric_limits<T>::max()) return false;
-    out->push_back(static_cast<T>(x));
-  }
-  return true;
+  return UnwrapEnvelope(bytes, magic, kFormatVersion, kMaxBodyBytes, kind, key);
 }
 
 bool ParseHex128(std::string_view hex, Hash128* out) {
@@ -332,7 +244,7 @@ Result<std::string> EncodeManifest(const RankManifest& m) {
 
 Result<RankManifest> DecodeManifest(std::string_view bytes, std::string_view key) {
   GRANARY_ASSIGN_OR_RETURN(std::string_view body, Unwrap(bytes, kManifestMagic, "manifest", key));
-  GRANARY_ASSIGN_OR_RETURN(Json json, ParseBody(body, "manifest", key));
+  GRANARY_ASSIGN_OR_RETURN(Json json, json::ParseObject(body, "manifest", key));
   const std::string where = "manifest " + std::string(key);
   RankManifest m;
   auto meta = json.find("user_metadata");
@@ -380,7 +292,7 @@ Result<std::string> EncodeCommit(const CommitRecord& c) {
 
 Result<CommitRecord> DecodeCommit(std::string_view bytes, std::string_view key) {
   GRANARY_ASSIGN_OR_RETURN(std::string_view body, Unwrap(bytes, kCommitMagic, "COMMIT", key));
-  GRANARY_ASSIGN_OR_RETURN(Json json, ParseBody(body, "COMMIT", key));
+  GRANARY_ASSIGN_OR_RETURN(Json json, json::ParseObject(body, "COMMIT", key));
   const std::string where = "COMMIT " + std::string(key);
   CommitRecord c;
   auto manifests = json.find("manifests");
@@ -406,7 +318,7 @@ std::string EncodeLatest(uint64_t step) {
 
 Result<uint64_t> DecodeLatest(std::string_view bytes, std::string_view key) {
   GRANARY_ASSIGN_OR_RETURN(std::string_view body, Unwrap(bytes, kLatestMagic, "latest", key));
-  GRANARY_ASSIGN_OR_RETURN(Json json, ParseBody(body, "latest", key));
+  GRANARY_ASSIGN_OR_RETURN(Json json, json::ParseObject(body, "latest", key));
   uint64_t step = 0;
   if (!GetU64(json, "step", &step) || step > kMaxStep) {
     return DataLossError("latest " + std::string(key) + ": missing or out-of-range step");

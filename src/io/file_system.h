@@ -88,7 +88,8 @@ class FileSystem {
   virtual Result<std::vector<DirEntry>> ListDir(std::string_view path) = 0;
 };
 
-// A PosixFileSystem whose large transfers use `engine` (not owned; must outlive it).
+// A PosixFileSystem whose large transfers use `engine` (not owned; must outlive it), or the
+// process's IoEngine::Default() when null.
 std::unique_ptr<FileSystem> NewPosixFileSystem(IoEngine* engine);
 
 }  // namespace granary

@@ -1,5 +1,9 @@
 // IoEngine creation, the process-wide default engine and GRANARY_IO.
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -53,15 +57,33 @@ Result<std::unique_ptr<IoEngine>> IoEngine::Create(const IoEngineOptions& option
 }
 
 IoEngine& IoEngine::Default() {
-  // Created once, never destroyed: other process-wide objects (FileSystem::Default) use it until
-  // exit, and its threads need no joining then.
-  static IoEngine* const engine = [] {
-    Result<std::unique_ptr<IoEngine>> created = Create();
-    if (created.ok()) return created->release();
+  // One per process, never destroyed: other process-wide objects use it until exit, and its
+  // threads need no joining then. A forked child (torch DataLoader workers) must not share the
+  // parent's io_uring ring or use its (absent) pool threads, so it gets its own on first use.
+  struct Owned {
+    IoEngine* engine;
+    pid_t pid;
+  };
+  static std::atomic<Owned*> current{nullptr};
+  static std::mutex mu;
+  const pid_t pid = ::getpid();
+  Owned* o = current.load(std::memory_order_acquire);
+  if (o != nullptr && o->pid == pid) return *o->engine;
+  std::lock_guard<std::mutex> lock(mu);
+  o = current.load(std::memory_order_acquire);
+  if (o != nullptr && o->pid == pid) return *o->engine;
+  // The parent's engine (if any) is leaked in the child: destroying it would touch state that
+  // belongs to the parent.
+  IoEngine* e;
+  Result<std::unique_ptr<IoEngine>> created = Create();
+  if (created.ok()) {
+    e = created->release();
+  } else {
     GRANARY_LOG_WARN("default I/O engine: %s; using psync", created.status().ToString().c_str());
-    return NewPsyncEngine(IoEngineOptions{}).release();
-  }();
-  return *engine;
+    e = NewPsyncEngine(IoEngineOptions{}).release();
+  }
+  current.store(new Owned{e, pid}, std::memory_order_release);
+  return *e;
 }
 
 }  // namespace granary

@@ -51,13 +51,13 @@ class PosixFileSystem final : public FileSystem {
   }
 
   Result<size_t> ReadAt(const File& file, uint64_t offset, std::span<std::byte> dest) override {
-    return engine_->ReadAt(file, offset, dest);
+    return engine().ReadAt(file, offset, dest);
   }
 
-  Status ReadMany(std::span<IoRequest> requests) override { return engine_->Run(requests); }
+  Status ReadMany(std::span<IoRequest> requests) override { return engine().Run(requests); }
 
   Status WriteAt(const File& file, uint64_t offset, std::span<const std::byte> src) override {
-    return engine_->WriteAt(file, offset, src);
+    return engine().WriteAt(file, offset, src);
   }
 
   Status Sync(const File& file) override {
@@ -178,6 +178,9 @@ class PosixFileSystem final : public FileSystem {
   }
 
  private:
+  // The engine, or null for the process's default engine (looked up per call, so a forked
+  // child uses its own rather than the parent's ring and threads).
+  IoEngine& engine() const { return engine_ != nullptr ? *engine_ : IoEngine::Default(); }
   IoEngine* const engine_;
 };
 
@@ -189,7 +192,7 @@ std::unique_ptr<FileSystem> NewPosixFileSystem(IoEngine* engine) {
 
 FileSystem& FileSystem::Default() {
   // Never destroyed, like the engine it uses.
-  static FileSystem* const fs = NewPosixFileSystem(&IoEngine::Default()).release();
+  static FileSystem* const fs = NewPosixFileSystem(nullptr).release();
   return *fs;
 }
 

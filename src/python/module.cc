@@ -5,6 +5,7 @@
 #include "buffer_py.h"
 #include "checkpoint_py.h"
 #include "core/checksum.h"
+#include "dataset_py.h"
 #include "status_py.h"
 #include "store_py.h"
 
@@ -18,6 +19,7 @@ PYBIND11_MODULE(_core, m) {
   granary::python::InitErrors(m);
   granary::python::RegisterStore(m);
   granary::python::RegisterCheckpoint(m);
+  granary::python::RegisterDataset(m);
   m.def(
       "crc32c",
       [](pybind11::handle data, uint32_t crc) {

@@ -127,24 +127,6 @@ std::optional<uint64_t> ParseU64(std::string_view text) {
   return v;
 }
 
-// "0 B", "812 B", "4.9 KiB", "1.50 GiB".
-std::string HumanBytes(uint64_t bytes) {
-  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(bytes);
-  int unit = 0;
-  while (v >= 1024 && unit < 5) {
-    v /= 1024;
-    ++unit;
-  }
-  char text[32];
-  if (unit == 0) {
-    std::snprintf(text, sizeof(text), "%" PRIu64 " B", bytes);
-  } else {
-    std::snprintf(text, sizeof(text), v < 10 ? "%.2f %s" : "%.1f %s", v, kUnits[unit]);
-  }
-  return text;
-}
-
 int64_t NowNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
              std::chrono::system_clock::now().time_since_epoch())

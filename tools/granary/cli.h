@@ -8,6 +8,7 @@
 #ifndef GRANARY_TOOLS_GRANARY_CLI_H_
 #define GRANARY_TOOLS_GRANARY_CLI_H_
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -36,6 +37,9 @@ int UsageError(std::string_view command, std::string_view message);
 // Splits argv[1..] (argv[0] is the command name) into positional arguments and flags. A flag is
 // any argument starting with '-' (other than "-" alone) before a "--"; everything after "--" is
 // positional.
+// "0 B", "812 B", "4.9 KiB", "1.50 GiB".
+std::string HumanBytes(uint64_t bytes);
+
 struct ParsedArgs {
   std::vector<std::string> positional;
   std::vector<std::string> flags;
@@ -53,6 +57,10 @@ int RunRm(int argc, char** argv);
 // `granary ckpt ls|show|verify|rm|gc URL ...` (ckpt_commands.cc): checkpoint inspection,
 // verification and retention; argv starts at "ckpt".
 int RunCkpt(int argc, char** argv);
+
+// `granary pack SRC DST [options]` (pack_commands.cc): packs a directory tree, WebDataset tar
+// shards or JSONL into a dataset version; argv starts at "pack".
+int RunPack(int argc, char** argv);
 
 }  // namespace granary::cli
 

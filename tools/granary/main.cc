@@ -1,5 +1,7 @@
 // `granary`: the command-line tool. Dispatches to one function per command; shared helpers
 // (help, error lines, argument splitting) live here too and are declared in cli.h.
+#include <cinttypes>
+#include <cstdio>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -40,6 +42,7 @@ constexpr Command kCommands[] = {
     {"put", "store a file or stdin as an object", RunPut},
     {"rm", "delete objects", RunRm},
     {"ckpt", "list, show, verify and garbage-collect checkpoints", RunCkpt},
+    {"pack", "pack files, WebDataset tars or JSONL into a dataset", RunPack},
     {"doctor", "measure what this machine's disk and memory can do", RunDoctorCommand},
     {"version", "print the version", RunVersion},
 };
@@ -99,6 +102,24 @@ int UsageError(std::string_view command, std::string_view message) {
                static_cast<int>(message.size()), message.data(),
                static_cast<int>(command.size()), command.data());
   return kExitUsage;
+}
+
+// "0 B", "4.9 KiB", "1.50 GiB".
+std::string HumanBytes(uint64_t bytes) {
+  static const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = static_cast<double>(bytes);
+  int unit = 0;
+  while (v >= 1024 && unit < 5) {
+    v /= 1024;
+    ++unit;
+  }
+  char text[32];
+  if (unit == 0) {
+    std::snprintf(text, sizeof(text), "%" PRIu64 " B", bytes);
+  } else {
+    std::snprintf(text, sizeof(text), v < 10 ? "%.2f %s" : "%.1f %s", v, kUnits[unit]);
+  }
+  return text;
 }
 
 ParsedArgs ParseArgs(int argc, char** argv) {
