@@ -216,3 +216,13 @@ def test_torch_dataloader_workers_match_loader_and_resume(ds_url):
     rest = [s["__index__"] for b in tl3 for s in b]
     assert first + rest == expected
     assert tl3.state_dict()["epoch"] == 1 and tl3.state_dict()["position"] == 0
+
+
+def test_iterable_dataset_pickles_for_spawned_workers(ds_url):
+    torch = pytest.importorskip("torch")
+    it = gd.IterableDataset(gd.Dataset(ds_url), batch_size=100, seed=2)
+    dl = torch.utils.data.DataLoader(it, batch_size=None, num_workers=1,
+                                     multiprocessing_context="spawn")
+    got = [s["__index__"] for b in dl for s in b]
+    assert got == gd.epoch_order(N, 0, 2)
+    assert len(it) == (N + 99) // 100
