@@ -2,13 +2,17 @@
 """Runs every granary benchmark (`make bench`): JSON lines as results arrive, then one Markdown
 table of all of them. Benchmarks: doctor_vs_fio (granary doctor against fio), checkpoint
 (checkpoint_bench.py: granary's checkpointer against torch.save and torch.distributed.checkpoint,
-plus a training loop that saves while it trains).
+plus a training loop that saves while it trains), dataset (dataset_bench.py: granary's Loader and
+get_batch against one-file-per-sample readers, WebDataset and the disk's random-read ceiling,
+cold; warm get_batch; a 100M-sample index; resume; accelerator utilization).
 
 Usage: run_all.py [--rounds 5] [--quick] [--skip BENCH,...] [--bench BENCH,...] [--dir DIR]
                   [--jsonl FILE] [--granary PATH]
                   doctor_vs_fio: [--size-mib N] [--runtime-s S] [--only POINTS] [--fio PATH]
                   checkpoint: [--sizes-gib 2,8] [--contenders ...] [--no-train] ...
                   (see checkpoint_bench.py --help)
+                  dataset: [--data-dir DIR] [--ds-sections cold,warm,index,resume,au]
+                  [--ds-points 16k:200000,128k:50000] ... (see dataset_bench.py --help)
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checkpoint_bench  # noqa: E402
+import dataset_bench  # noqa: E402
 import doctor_vs_fio  # noqa: E402
 import harness  # noqa: E402
 
-BENCHES = {"doctor_vs_fio": doctor_vs_fio, "checkpoint": checkpoint_bench}
+BENCHES = {"doctor_vs_fio": doctor_vs_fio, "checkpoint": checkpoint_bench,
+           "dataset": dataset_bench}
 
 
 def goal(result: dict) -> float:
@@ -41,6 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     doctor_vs_fio.add_arguments(parser)
     checkpoint_bench.add_arguments(parser, standalone=False)
+    dataset_bench.add_arguments(parser, standalone=False)
     parser.add_argument("--jsonl", default=None, help="also append the JSON lines to FILE")
     parser.add_argument("--bench", default=",".join(BENCHES),
                         help=f"benchmarks to run, comma-separated (default: {','.join(BENCHES)})")
@@ -77,6 +84,11 @@ def main() -> int:
         if doctor:
             print()
         print(checkpoint_bench.markdown_table(ckpt))
+    ds = [r for r in results if r["bench"].startswith(dataset_bench.BENCH)]
+    if ds:
+        if doctor or ckpt:
+            print()
+        print(dataset_bench.markdown_table(ds))
     low = [r for r in results if r.get("paired_ratio") is not None and not r.get("is_ceiling")
            and r["paired_ratio"] < goal(r)]
     if low:

@@ -32,6 +32,7 @@ The format is specified in docs/formats/dataset.md.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -247,13 +248,12 @@ class Dataset(Sequence):
 def _distributed(rank: Optional[int], world_size: Optional[int]):
     if rank is not None and world_size is not None:
         return rank, world_size
-    try:
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            return (dist.get_rank() if rank is None else rank,
-                    dist.get_world_size() if world_size is None else world_size)
-    except ImportError:
-        pass
+    # Only consult torch.distributed if the program already imported it (a process group can
+    # only exist then); importing torch here would cost seconds in programs that do not use it.
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return (dist.get_rank() if rank is None else rank,
+                dist.get_world_size() if world_size is None else world_size)
     return (rank or 0), (world_size or 1)
 
 
