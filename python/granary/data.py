@@ -349,7 +349,7 @@ def epoch_order(num_samples: int, epoch: int = 0, seed: int = 0, *, shuffle: boo
 
 
 def __getattr__(name: str):  # PEP 562: the torch adapters load torch on first use
-    if name in ("IterableDataset", "TorchLoader"):
+    if name in ("IterableDataset", "TorchLoader", "PackedBatch"):
         from . import _data_torch
         return getattr(_data_torch, name)
     raise AttributeError(f"module 'granary.data' has no attribute {name!r}")

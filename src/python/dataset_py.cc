@@ -331,6 +331,60 @@ void RegisterDataset(py::module_& m) {
              for (size_t i = 0; i < b.size(); ++i) out[i] = py::int_(b.index(i));
              return out;
            })
+      .def("packed_size",
+           [](const Batch& b) {
+             uint64_t n = 0;
+             for (size_t i = 0; i < b.size(); ++i) {
+               if (!b.ok(i)) continue;
+               for (size_t j = 0; j < b.num_fields(i); ++j) n += b.field(i, j).size();
+             }
+             return n;
+           })
+      .def(
+          "pack_into",
+          [](const Batch& b, py::handle buffer) {
+            // Copies every field into `buffer` back to back (for handing a batch to another
+            // process in one shared-memory block) and returns the layout: per sample None
+            // (skipped as corrupt) or (key, index, [(field, offset, length), ...]).
+            BufferView view = BufferView::Writable(buffer, "buffer");
+            std::span<std::byte> dest = view.span();
+            uint64_t need = 0;
+            for (size_t i = 0; i < b.size(); ++i) {
+              if (!b.ok(i)) continue;
+              for (size_t j = 0; j < b.num_fields(i); ++j) need += b.field(i, j).size();
+            }
+            if (need > dest.size()) throw py::value_error("buffer too small for the batch");
+            {
+              py::gil_scoped_release release;
+              uint64_t at = 0;
+              for (size_t i = 0; i < b.size(); ++i) {
+                if (!b.ok(i)) continue;
+                for (size_t j = 0; j < b.num_fields(i); ++j) {
+                  std::span<const std::byte> f = b.field(i, j);
+                  if (!f.empty()) std::memcpy(dest.data() + at, f.data(), f.size());
+                  at += f.size();
+                }
+              }
+            }
+            py::list layout(b.size());
+            uint64_t at = 0;
+            for (size_t i = 0; i < b.size(); ++i) {
+              if (!b.ok(i)) {
+                layout[i] = py::none();
+                continue;
+              }
+              py::list fields(b.num_fields(i));
+              for (size_t j = 0; j < b.num_fields(i); ++j) {
+                std::string_view name = b.field_name(i, j);
+                size_t len = b.field(i, j).size();
+                fields[j] = py::make_tuple(py::str(name.data(), name.size()), at, len);
+                at += len;
+              }
+              layout[i] = py::make_tuple(KeyToPython(b.key(i)), b.index(i), fields);
+            }
+            return layout;
+          },
+          py::arg("buffer"))
       .def("ok", [](const Batch& b, int64_t i) { return b.ok(CheckIndex(b, i)); })
       .def_property_readonly("nbytes", &Batch::bytes)
       .def_property_readonly("corrupt_count", &Batch::corrupt_count);
