@@ -79,6 +79,107 @@ TableObject& TableObject::operator=(TableObject&& other) noexcept {
   return *this;
 }
 
+// ---- Arena, ArenaPool ----
+
+namespace {
+constexpr size_t kHugePage = 2u << 20;
+size_t RoundToHugePages(size_t bytes) {
+  return (std::max<size_t>(bytes, 1) + kHugePage - 1) / kHugePage * kHugePage;
+}
+}  // namespace
+
+Result<Arena> Arena::Map(size_t bytes) {
+  const size_t size = RoundToHugePages(bytes);
+  // Over-map by one huge page and trim, so the arena starts on a huge-page boundary.
+  void* raw = ::mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) {
+    return ResourceExhaustedError("batch memory: cannot map " + std::to_string(size) + " bytes");
+  }
+  const uintptr_t base = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (base + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
+  if (aligned > base) ::munmap(raw, aligned - base);
+  if (const size_t tail = base + kHugePage - aligned; tail > 0) {
+    ::munmap(reinterpret_cast<void*>(aligned + size), tail);
+  }
+  // Advisory: one fault per 2 MiB instead of 512, and fewer TLB misses in the copies.
+  ::madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);
+  Arena a;
+  a.data_ = reinterpret_cast<std::byte*>(aligned);
+  a.size_ = size;
+  return a;
+}
+
+Arena::~Arena() {
+  if (data_ != nullptr) ::munmap(data_, size_);
+}
+
+Arena::Arena(Arena&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+Arena& Arena::operator=(Arena&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) ::munmap(data_, size_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+Result<Arena> ArenaPool::Acquire(size_t bytes) {
+  const bool chunk = bytes <= kChunkBytes;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (chunk && !chunks_.empty()) {
+      Arena a = std::move(chunks_.back());  // the most recently used: likeliest in cache
+      chunks_.pop_back();
+      idle_bytes_ -= a.size();
+      return a;
+    }
+    if (!chunk) {
+      size_t best = large_.size();
+      for (size_t i = 0; i < large_.size(); ++i) {
+        if (large_[i].size() >= bytes &&
+            (best == large_.size() || large_[i].size() < large_[best].size())) {
+          best = i;
+        }
+      }
+      if (best < large_.size()) {
+        Arena a = std::move(large_[best]);
+        large_.erase(large_.begin() + static_cast<ptrdiff_t>(best));
+        idle_bytes_ -= a.size();
+        return a;
+      }
+    }
+  }
+  return Arena::Map(chunk ? kChunkBytes : bytes);
+}
+
+void ArenaPool::Release(std::vector<Arena>& arenas) {
+  std::vector<Arena> dropped;  // unmapped outside the lock
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Arena& a : arenas) {
+      if (a.data() == nullptr) continue;
+      idle_bytes_ += a.size();
+      (a.size() == kChunkBytes ? chunks_ : large_).push_back(std::move(a));
+    }
+    // Over budget: drop large arenas first (rarely reused), then the oldest chunks.
+    while (idle_bytes_ > kMaxIdleBytes && !large_.empty()) {
+      idle_bytes_ -= large_.front().size();
+      dropped.push_back(std::move(large_.front()));
+      large_.erase(large_.begin());
+    }
+    size_t drop_chunks = 0;
+    while (idle_bytes_ > kMaxIdleBytes && drop_chunks < chunks_.size()) {
+      idle_bytes_ -= chunks_[drop_chunks].size();
+      dropped.push_back(std::move(chunks_[drop_chunks++]));
+    }
+    chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<ptrdiff_t>(drop_chunks));
+  }
+  arenas.clear();
+}
+
 // ---- ShardFileCache ----
 
 std::shared_ptr<ShardFiles> ShardFileCache::Find(uint32_t shard) {
