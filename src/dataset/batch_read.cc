@@ -213,6 +213,13 @@ Status DatasetImpl::ReadPartLocal(ReadPart& part) {
   std::vector<std::shared_ptr<ShardFiles>> held;
   std::vector<Rec*> cold;
   std::vector<uint8_t> resident;
+  {
+    std::vector<uint32_t> shards;
+    for (auto [b, e] : part.runs) {
+      if (shards.empty() || shards.back() != part.recs[b].shard) shards.push_back(part.recs[b].shard);
+    }
+    GRANARY_RETURN_IF_ERROR(CheckHeadersOnce(shards));
+  }
   for (auto [b, e] : part.runs) {
     Rec* run = part.recs.data() + b;
     const size_t count = e - b;

@@ -365,6 +365,48 @@ Status DatasetImpl::CheckHeaderOnce(uint32_t shard) {
   return Status::OK();
 }
 
+Status DatasetImpl::CheckHeadersOnce(std::span<const uint32_t> shards) {
+  std::vector<uint32_t> todo;
+  for (uint32_t shard : shards) {
+    if (header_checked_[shard].load(std::memory_order_acquire) == 0) todo.push_back(shard);
+  }
+  if (todo.empty()) return Status::OK();
+  if (!local_ || todo.size() == 1) {
+    for (uint32_t shard : todo) GRANARY_RETURN_IF_ERROR(CheckHeaderOnce(shard));
+    return Status::OK();
+  }
+  std::sort(todo.begin(), todo.end());
+  todo.erase(std::unique(todo.begin(), todo.end()), todo.end());
+  GRANARY_ASSIGN_OR_RETURN(AlignedBuffer buf, AlignedBuffer::Allocate(todo.size() * kDirectIoAlignment));
+  std::vector<std::shared_ptr<ShardFiles>> files(todo.size());
+  std::vector<IoRequest> requests(todo.size());
+  for (size_t i = 0; i < todo.size(); ++i) {
+    GRANARY_ASSIGN_OR_RETURN(files[i], Files(todo[i]));
+    IoRequest& r = requests[i];
+    r.fd = files[i]->has_direct ? files[i]->direct.fd() : files[i]->buffered.fd();
+    r.offset = 0;
+    r.buffer = buf.data() + i * kDirectIoAlignment;
+    r.length = files[i]->has_direct ? kDirectIoAlignment : kShardHeaderBytes;
+  }
+  GRANARY_RETURN_IF_ERROR(engine_->Run(requests));
+  for (size_t i = 0; i < todo.size(); ++i) {
+    const ShardState& sh = shard_states_[todo[i]];
+    if (requests[i].result < 0) {
+      // Let the one-by-one path report it (and retry buffered if O_DIRECT was the problem).
+      GRANARY_RETURN_IF_ERROR(CheckHeaderOnce(todo[i]));
+      continue;
+    }
+    if (static_cast<size_t>(requests[i].result) < kShardHeaderBytes) {
+      return DataLossError("shard " + sh.key + ": truncated header");
+    }
+    GRANARY_RETURN_IF_ERROR(CheckShardHeader(
+        std::span<const std::byte>(buf.data() + i * kDirectIoAlignment, kShardHeaderBytes),
+        sh.number, segments_[sh.segment]->entry.writer_id, "shard " + sh.key));
+    header_checked_[todo[i]].store(1, std::memory_order_release);
+  }
+  return Status::OK();
+}
+
 Result<std::string> DatasetImpl::Key(uint64_t index) {
   GRANARY_ASSIGN_OR_RETURN(RecordSpan r, LocateRecord(index));
   GRANARY_RETURN_IF_ERROR(CheckHeaderOnce(r.shard));

@@ -184,6 +184,10 @@ class DatasetImpl final : public Dataset {
   // The open files of a shard (local stores), its header checked on first open.
   Result<std::shared_ptr<ShardFiles>> Files(uint32_t shard);
   Status CheckHeaderOnce(uint32_t shard);
+  // CheckHeaderOnce for many shards (local stores): the unchecked headers are read together,
+  // one 4 KiB O_DIRECT read each, so a fresh reader's first batch does not wait for one
+  // buffered (readahead-sized) read per shard in turn.
+  Status CheckHeadersOnce(std::span<const uint32_t> shards);
   Status OpenKeys(SegmentState& seg);
   Status VerifySegment(uint32_t segment);
   Status ReadPartLocal(ReadPart& part);
