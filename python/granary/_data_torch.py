@@ -166,13 +166,8 @@ class PackedBatch:
 
 def _epoch_samples(it: IterableDataset) -> int:
     o = it.options
-    n, w, r = len(it.dataset), o["world_size"], o["rank"]
-    mode = _data._remainder(o["drop_last"], o["remainder"])
-    if mode == "pad":
-        return -(-n // w)
-    if mode == "drop":
-        return n // w
-    return n // w + (1 if r < n % w else 0)
+    return _data._core.epoch_size(len(it.dataset), o["rank"], o["world_size"],
+                                  _data._remainder(o["drop_last"], o["remainder"]))
 
 
 class TorchLoader:

@@ -226,3 +226,31 @@ def test_iterable_dataset_pickles_for_spawned_workers(ds_url):
     got = [s["__index__"] for b in dl for s in b]
     assert got == gd.epoch_order(N, 0, 2)
     assert len(it) == (N + 99) // 100
+
+
+def test_loader_surfaces_corruption_or_skips_and_counts(ds_url):
+    ds = gd.Dataset(ds_url)
+    with open(_shard_path(ds_url, ds), "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(granary.DataLossError) as e:
+        for _ in gd.Loader(gd.Dataset(ds_url), batch_size=64, seed=3):
+            pass
+    assert ds.shards[0][0] in str(e.value)
+    ld = gd.Loader(gd.Dataset(ds_url, skip_corrupt=True), batch_size=64, seed=3)
+    samples = [s for b in ld for s in b]
+    assert len(samples) == N and sum(s is None for s in samples) == 1
+    assert ld.stats()["corrupt_skipped"] == 1
+
+
+def test_iterable_dataset_length_follows_the_remainder_rule(ds_url):
+    pytest.importorskip("torch")
+    for remainder, drop_last in (("uneven", False), ("pad", False), (None, True)):
+        for r in range(7):
+            it = gd.IterableDataset(ds_url, batch_size=16, rank=r, world_size=7,
+                                    remainder=remainder, drop_last=drop_last)
+            ld = gd.Loader(gd.Dataset(ds_url), batch_size=16, rank=r, world_size=7,
+                           remainder=remainder, drop_last=drop_last)
+            assert len(it) == len(ld) == sum(1 for _ in ld)

@@ -210,6 +210,16 @@ Remainder RemainderFromString(const std::string& s) {
   throw py::value_error("remainder must be 'pad', 'drop' or 'uneven', not '" + s + "'");
 }
 
+// Field bytes of the batch's readable samples: what pack_into needs.
+uint64_t PackedBytes(const Batch& b) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (!b.ok(i)) continue;
+    for (size_t j = 0; j < b.num_fields(i); ++j) n += b.field(i, j).size();
+  }
+  return n;
+}
+
 py::dict StatsToPython(const DatasetStats& s) {
   py::dict d;
   d["samples_read"] = s.samples_read;
@@ -331,15 +341,7 @@ void RegisterDataset(py::module_& m) {
              for (size_t i = 0; i < b.size(); ++i) out[i] = py::int_(b.index(i));
              return out;
            })
-      .def("packed_size",
-           [](const Batch& b) {
-             uint64_t n = 0;
-             for (size_t i = 0; i < b.size(); ++i) {
-               if (!b.ok(i)) continue;
-               for (size_t j = 0; j < b.num_fields(i); ++j) n += b.field(i, j).size();
-             }
-             return n;
-           })
+      .def("packed_size", &PackedBytes)
       .def(
           "pack_into",
           [](const Batch& b, py::handle buffer) {
@@ -348,12 +350,7 @@ void RegisterDataset(py::module_& m) {
             // (skipped as corrupt) or (key, index, [(field, offset, length), ...]).
             BufferView view = BufferView::Writable(buffer, "buffer");
             std::span<std::byte> dest = view.span();
-            uint64_t need = 0;
-            for (size_t i = 0; i < b.size(); ++i) {
-              if (!b.ok(i)) continue;
-              for (size_t j = 0; j < b.num_fields(i); ++j) need += b.field(i, j).size();
-            }
-            if (need > dest.size()) throw py::value_error("buffer too small for the batch");
+            if (PackedBytes(b) > dest.size()) throw py::value_error("buffer too small for the batch");
             {
               py::gil_scoped_release release;
               uint64_t at = 0;
@@ -524,6 +521,14 @@ void RegisterDataset(py::module_& m) {
       .def_property_readonly("num_batches", &Loader::num_batches)
       .def("stats", [](const Loader& l) { return LoaderStatsToPython(l.stats()); });
 
+  m.def(
+      "epoch_size",
+      [](uint64_t num_samples, uint32_t rank, uint32_t world_size, const std::string& remainder) {
+        OrderOptions o = OrderFromPython(0, false, rank, world_size, remainder, 0);
+        return Unwrap(EpochOrder::Create(num_samples, 0, o), "").size();
+      },
+      py::arg("num_samples"), py::arg("rank"), py::arg("world_size"), py::arg("remainder"),
+      "Samples one rank reads per epoch under the remainder rule.");
   m.def(
       "epoch_order",
       [](uint64_t num_samples, uint64_t epoch, uint64_t seed, bool shuffle, uint32_t rank,
