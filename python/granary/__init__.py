@@ -43,7 +43,7 @@ def __getattr__(name: str):  # PEP 562: torch-dependent parts load on first use
         from . import checkpoint
 
         return getattr(checkpoint, name)
-    if name in ("checkpoint", "dcp"):
+    if name in ("checkpoint", "dcp", "models", "data"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

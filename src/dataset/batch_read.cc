@@ -21,6 +21,7 @@
 #include "dataset/dataset_format.h"
 #include "dataset/dataset_reader.h"
 #include "dataset/dataset_record.h"
+#include "io/page_cache.h"
 
 namespace granary::dataset {
 namespace {
@@ -40,46 +41,6 @@ constexpr uint64_t kMaxMergedRead = 256u << 10;
 
 uint64_t AlignDown(uint64_t x) { return x & ~(kAlign - 1); }
 uint64_t AlignUp(uint64_t x) { return AlignDown(x + kAlign - 1); }
-
-// cachestat(2) (Linux 6.5): page-cache residency of a range without touching it.
-struct CachestatRange {
-  uint64_t off, len;
-};
-struct Cachestat {
-  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
-};
-constexpr long kSysCachestat = 451;  // x86_64 and arm64 (generic table)
-
-// Pages of the block-aligned cover of [begin, end) in the page cache, out of `*pages`; -1 when
-// the kernel cannot tell. A RWF_NOWAIT read that misses still starts readahead around the miss
-// (filemap_get_pages), so sending cold records down the nowait path would read their
-// neighbourhood twice: once as readahead, once with O_DIRECT (measured: 466 MB from the disk for
-// 154 MB of O_DIRECT reads). Asking first keeps cold reads at one device transfer each.
-int64_t CachedPages(int fd, uint64_t begin, uint64_t end, uint64_t* pages) {
-  CachestatRange range{AlignDown(begin), AlignUp(end) - AlignDown(begin)};
-  *pages = range.len / kAlign;
-  Cachestat cs{};
-  if (::syscall(kSysCachestat, fd, &range, &cs, 0) != 0) return -1;
-  return static_cast<int64_t>(cs.nr_cache);
-}
-
-// Copies what the page cache holds of [offset, offset + length) into dest, never touching the
-// device: the resident prefix's length (0 on a miss or any error; the device path decides).
-// A short copy is not retried: asking again for a missing page is what starts readahead.
-size_t CopyResident(int fd, uint64_t offset, std::byte* dest, size_t length) {
-  constexpr size_t kMaxCall = 1u << 30;  // below the kernel's per-call limit (2 GiB - 4 KiB)
-  size_t done = 0;
-  while (done < length) {
-    const size_t want = std::min(length - done, kMaxCall);
-    iovec iov{dest + done, want};
-    const ssize_t r = ::preadv2(fd, &iov, 1, static_cast<off_t>(offset + done), RWF_NOWAIT);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) break;
-    done += static_cast<size_t>(r);
-    if (static_cast<size_t>(r) < want) break;
-  }
-  return done;
-}
 
 enum class RecState : uint8_t { kPending, kRead, kTruncated };
 

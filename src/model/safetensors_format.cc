@@ -25,12 +25,13 @@ struct DTypeInfo {
 };
 
 // Sizes from the reference crate's Dtype::bitsize.
-constexpr std::array<DTypeInfo, 20> kDTypes = {{
+constexpr std::array<DTypeInfo, 22> kDTypes = {{
     {DType::kBool, "BOOL", 8},     {DType::kF4, "F4", 4},
     {DType::kF6E2M3, "F6_E2M3", 6}, {DType::kF6E3M2, "F6_E3M2", 6},
     {DType::kU8, "U8", 8},         {DType::kI8, "I8", 8},
     {DType::kF8E5M2, "F8_E5M2", 8}, {DType::kF8E4M3, "F8_E4M3", 8},
-    {DType::kF8E8M0, "F8_E8M0", 8}, {DType::kI16, "I16", 16},
+    {DType::kF8E8M0, "F8_E8M0", 8}, {DType::kF8E4M3Fnuz, "F8_E4M3FNUZ", 8},
+    {DType::kF8E5M2Fnuz, "F8_E5M2FNUZ", 8}, {DType::kI16, "I16", 16},
     {DType::kU16, "U16", 16},      {DType::kF16, "F16", 16},
     {DType::kBF16, "BF16", 16},    {DType::kI32, "I32", 32},
     {DType::kU32, "U32", 32},      {DType::kF32, "F32", 32},
@@ -199,7 +200,8 @@ Result<DType> ParseDType(std::string_view name) {
   }
   return InvalidArgumentError("unknown dtype " + Quote(name) +
                               " (known: BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F16, BF16, "
-                              "F32, F64, C64, F8_E5M2, F8_E4M3, F8_E8M0, F6_E2M3, F6_E3M2, F4)");
+                              "F32, F64, C64, F8_E5M2, F8_E4M3, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, F6_E2M3, "
+                              "F6_E3M2, F4)");
 }
 
 std::string_view DTypeName(DType dtype) { return Info(dtype).name; }

@@ -56,6 +56,8 @@ enum class DType {
   kF8E5M2,
   kF8E4M3,
   kF8E8M0,
+  kF8E4M3Fnuz,  // AMD's variants (no infinities, one NaN); placed as safetensors 0.8 places them
+  kF8E5M2Fnuz,
   kI16,
   kU16,
   kF16,

@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstddef>
+#include <memory>
 #include <span>
 #include <string_view>
 
@@ -44,6 +45,12 @@ class BufferView {
   Py_buffer view_{};
   bool held_ = false;
 };
+
+// A memoryview of `bytes` that keeps `owner` alive while any view of it (or of a tensor or array
+// made from it) exists: how native memory (dataset batches, model tensors) reaches Python without
+// a copy. Read-only unless `writable`. Needs the GIL.
+py::object OwnedView(std::shared_ptr<const void> owner, std::span<const std::byte> bytes,
+                     bool writable);
 
 }  // namespace granary::python
 

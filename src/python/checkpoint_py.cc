@@ -30,12 +30,6 @@ std::span<std::byte> Span(uintptr_t ptr, size_t n) {
   return {reinterpret_cast<std::byte*>(ptr), n};
 }
 
-// Runs `fn` with the GIL released and returns its result.
-template <typename F>
-auto WithoutGil(F&& fn) {
-  py::gil_scoped_release release;
-  return fn();
-}
 
 py::object ExceptionOf(const Status& status, std::string_view name) {
   if (status.ok()) return py::none();
@@ -132,12 +126,6 @@ std::unique_ptr<Checkpointer> OpenCheckpointer(const std::string& url, uint32_t 
   Result<std::unique_ptr<Checkpointer>> c = WithoutGil([&] { return Checkpointer::Open(url, o); });
   ThrowIfError(c.status(), url);
   return std::move(c).value();
-}
-
-template <typename T>
-T Unwrap(Result<T> r, std::string_view name) {
-  ThrowIfError(r.status(), name);
-  return std::move(r).value();
 }
 
 }  // namespace

@@ -24,68 +24,12 @@
 namespace granary::python {
 namespace {
 
-// ---- Read-only views that own their memory --------------------------------------------------
-
-// A minimal buffer exporter holding a shared owner of the bytes it exposes. Written against the
-// C API because one is created per field: a pybind11 object costs several times more.
-struct ViewOwner {
-  PyObject_HEAD
-  std::shared_ptr<const void> owner;
-  const std::byte* data;
-  Py_ssize_t size;
-};
-
-int ViewOwnerGetBuffer(PyObject* self, Py_buffer* view, int flags) {
-  auto* v = reinterpret_cast<ViewOwner*>(self);
-  return PyBuffer_FillInfo(view, self, const_cast<std::byte*>(v->data), v->size, /*readonly=*/1,
-                           flags);
-}
-
-void ViewOwnerDealloc(PyObject* self) {
-  auto* v = reinterpret_cast<ViewOwner*>(self);
-  v->owner.~shared_ptr();
-  PyTypeObject* type = Py_TYPE(self);
-  type->tp_free(self);
-  Py_DECREF(type);
-}
-
-PyTypeObject* ViewOwnerType() {
-  static PyTypeObject* type = [] {
-    static PyType_Slot slots[] = {
-        {Py_bf_getbuffer, reinterpret_cast<void*>(&ViewOwnerGetBuffer)},
-        {Py_tp_dealloc, reinterpret_cast<void*>(&ViewOwnerDealloc)},
-        {0, nullptr},
-    };
-    static PyType_Spec spec = {"granary._core._SampleBytes", sizeof(ViewOwner), 0,
-                               Py_TPFLAGS_DEFAULT, slots};
-    PyObject* t = PyType_FromSpec(&spec);
-    if (t == nullptr) throw py::error_already_set();
-    return reinterpret_cast<PyTypeObject*>(t);
-  }();
-  return type;
-}
-
-// A read-only memoryview of `bytes`, keeping `owner` alive while any view of it exists.
-py::object View(const std::shared_ptr<const void>& owner, std::span<const std::byte> bytes) {
-  PyTypeObject* type = ViewOwnerType();
-  PyObject* obj = type->tp_alloc(type, 0);
-  if (obj == nullptr) throw py::error_already_set();
-  auto* v = reinterpret_cast<ViewOwner*>(obj);
-  new (&v->owner) std::shared_ptr<const void>(owner);
-  v->data = bytes.data();
-  v->size = static_cast<Py_ssize_t>(bytes.size());
-  PyObject* mv = PyMemoryView_FromObject(obj);
-  Py_DECREF(obj);
-  if (mv == nullptr) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(mv);
-}
-
 py::object FieldValue(const std::shared_ptr<Batch>& batch, std::span<const std::byte> bytes,
                       bool as_bytes) {
   if (as_bytes) {
     return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   }
-  return View(batch, bytes);
+  return OwnedView(batch, bytes, /*writable=*/false);
 }
 
 // {"__key__": key, "__index__": index, field: view, ...}; None for a skipped corrupt sample.
@@ -190,19 +134,6 @@ std::vector<uint64_t> IndicesFromPython(py::handle indices, uint64_t size) {
 }
 
 // Runs `fn` with the GIL released and returns its result.
-template <typename F>
-auto WithoutGil(F&& fn) {
-  py::gil_scoped_release release;
-  return fn();
-}
-
-template <typename T>
-T Unwrap(Result<T> r, std::string_view name,
-         OutOfRangeAs out_of_range = OutOfRangeAs::kValueError) {
-  if (!r.ok()) ThrowStatus(r.status(), name, out_of_range);
-  return std::move(r).value();
-}
-
 Remainder RemainderFromString(const std::string& s) {
   if (s == "pad") return Remainder::kPad;
   if (s == "drop") return Remainder::kDrop;

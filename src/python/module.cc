@@ -6,6 +6,7 @@
 #include "checkpoint_py.h"
 #include "core/checksum.h"
 #include "dataset_py.h"
+#include "model_py.h"
 #include "status_py.h"
 #include "store_py.h"
 
@@ -20,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
   granary::python::RegisterStore(m);
   granary::python::RegisterCheckpoint(m);
   granary::python::RegisterDataset(m);
+  granary::python::RegisterModel(m);
   m.def(
       "crc32c",
       [](pybind11::handle data, uint32_t crc) {

@@ -45,6 +45,22 @@ inline void ThrowIfError(const Status& status, std::string_view name) {
   if (!status.ok()) ThrowStatus(status, name);
 }
 
+// Runs `fn` with the GIL released and returns its result (Result<T> has no default constructor,
+// so a scoped release around an assignment does not work).
+template <typename F>
+auto WithoutGil(F&& fn) {
+  py::gil_scoped_release release;
+  return fn();
+}
+
+// The value of `r`, or the Python exception for its error (see ThrowStatus).
+template <typename T>
+T Unwrap(Result<T> r, std::string_view name,
+         OutOfRangeAs out_of_range = OutOfRangeAs::kValueError) {
+  if (!r.ok()) ThrowStatus(r.status(), name, out_of_range);
+  return std::move(r).value();
+}
+
 // Keys and paths cross the boundary as UTF-8; bytes that are not valid UTF-8 survive a round
 // trip through str via "surrogateescape" (as os.fsdecode does for file names).
 // str (or bytes, taken as is) -> the key's bytes. TypeError for anything else.
