@@ -86,6 +86,7 @@ demo: install-py
 	$(VPY) examples/store_roundtrip.py build/demo-store
 	OMP_NUM_THREADS=2 $(VPY) examples/checkpoint_demo.py build/demo-checkpoint
 	OMP_NUM_THREADS=2 $(VPY) examples/dataset_demo.py build/demo-dataset
+	OMP_NUM_THREADS=2 $(VPY) examples/model_demo.py build/demo-model
 
 bench: install-py
 	OMP_NUM_THREADS=2 $(VPY) bench/run_all.py

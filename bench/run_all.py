@@ -4,7 +4,9 @@ table of all of them. Benchmarks: doctor_vs_fio (granary doctor against fio), ch
 (checkpoint_bench.py: granary's checkpointer against torch.save and torch.distributed.checkpoint,
 plus a training loop that saves while it trains), dataset (dataset_bench.py: granary's Loader and
 get_batch against one-file-per-sample readers, WebDataset and the disk's random-read ceiling,
-cold; warm get_batch; a 100M-sample index; resume; accelerator utilization).
+cold; warm get_batch; a 100M-sample index; resume; accelerator utilization), model
+(model_bench.py: loading safetensors and torch.save files with safetensors, torch.load and
+granary.models against the disk's sequential-read and memcpy ceilings, cold and warm).
 
 Usage: run_all.py [--rounds 5] [--quick] [--skip BENCH,...] [--bench BENCH,...] [--dir DIR]
                   [--jsonl FILE] [--granary PATH]
@@ -13,6 +15,9 @@ Usage: run_all.py [--rounds 5] [--quick] [--skip BENCH,...] [--bench BENCH,...] 
                   (see checkpoint_bench.py --help)
                   dataset: [--data-dir DIR] [--ds-sections cold,warm,index,resume,au]
                   [--ds-points 16k:200000,128k:50000] ... (see dataset_bench.py --help)
+                  model: [--model-sizes-gib 2,8] [--model-layouts single,sharded]
+                  [--model-cache cold,warm] [--model-contenders ...] [--model-data-dir DIR]
+                  (see model_bench.py --help)
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ import checkpoint_bench  # noqa: E402
 import dataset_bench  # noqa: E402
 import doctor_vs_fio  # noqa: E402
 import harness  # noqa: E402
+import model_bench  # noqa: E402
 
 BENCHES = {"doctor_vs_fio": doctor_vs_fio, "checkpoint": checkpoint_bench,
-           "dataset": dataset_bench}
+           "dataset": dataset_bench, "model": model_bench}
 
 
 def goal(result: dict) -> float:
@@ -48,6 +54,7 @@ def main() -> int:
     doctor_vs_fio.add_arguments(parser)
     checkpoint_bench.add_arguments(parser, standalone=False)
     dataset_bench.add_arguments(parser, standalone=False)
+    model_bench.add_arguments(parser, standalone=False)
     parser.add_argument("--jsonl", default=None, help="also append the JSON lines to FILE")
     parser.add_argument("--bench", default=",".join(BENCHES),
                         help=f"benchmarks to run, comma-separated (default: {','.join(BENCHES)})")
@@ -89,6 +96,11 @@ def main() -> int:
         if doctor or ckpt:
             print()
         print(dataset_bench.markdown_table(ds))
+    models = [r for r in results if r["bench"] == model_bench.BENCH]
+    if models:
+        if doctor or ckpt or ds:
+            print()
+        print(model_bench.markdown_table(models))
     low = [r for r in results if r.get("paired_ratio") is not None and not r.get("is_ceiling")
            and r["paired_ratio"] < goal(r)]
     if low:

@@ -104,7 +104,7 @@ struct ReadStats {
   uint64_t bytes = 0;            // tensor bytes handed out or read so far
   uint64_t cached_bytes = 0;     // copied from the page cache (buffered reads)
   uint64_t direct_bytes = 0;     // read from the device with O_DIRECT (incl. edge blocks)
-  uint64_t staged_bytes = 0;     // copied through staging blocks (misaligned tensors)
+  uint64_t staged_bytes = 0;     // cold bytes of misaligned tensors, copied from staging blocks
   uint64_t store_bytes = 0;      // read through ObjectStore::GetMany (no local file)
   uint64_t requests = 0;
   uint64_t segments = 0;

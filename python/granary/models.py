@@ -92,6 +92,11 @@ class Model:
         self._model = _core.Model(self._sources)
         self._tensors = self._model.tensors  # (name, dtype, shape, bytes, file, offset)
         self._files = self._model.files
+        # Counters of the latest load/iter_load: bytes (tensor bytes handed out), cached_bytes
+        # (copied from the page cache), direct_bytes (read with O_DIRECT, including the aligned
+        # edges around tensors, so it can exceed bytes), staged_bytes (misaligned tensors copied
+        # through staging blocks), store_bytes (ranged reads from a store without local files),
+        # requests, segments, peak_window_bytes (most segment memory read ahead at once).
         self.last_stats: dict[str, int] = {}
 
     @property
@@ -139,8 +144,11 @@ class Model:
             return sorted(seq, key=lambda i: _layer_key(self._tensors[i][0], i))
         raise ValueError(f"order must be 'file' or 'layer', not {order!r}")
 
-    def _stream(self, names, order, window_bytes, direct_io, io_threads, request_bytes):
+    def _stream(self, names, order, window_bytes, direct_io, io_threads, request_bytes,
+                segment_bytes):
         kwargs: dict[str, Any] = {"window_bytes": int(window_bytes or 0), "direct_io": direct_io}
+        if segment_bytes is not None:
+            kwargs["segment_bytes"] = int(segment_bytes)
         if io_threads is not None:
             kwargs["io_threads"] = int(io_threads)
         if request_bytes is not None:
@@ -150,14 +158,15 @@ class Model:
     def iter_load(self, names: Sequence[str] | None = None, order: str = "file",
                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu", *,
                   window_bytes: int | None = DEFAULT_WINDOW_BYTES, direct_io: bool = True,
-                  io_threads: int | None = None,
-                  request_bytes: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+                  io_threads: int | None = None, request_bytes: int | None = None,
+                  segment_bytes: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields ``(name, tensor)`` as each tensor's bytes arrive, in file order or, with
-        ``order="layer"``, embeddings first, then layer by layer (the first integer component of
+        ``order="layer"``, embeddings (names containing emb, wte or wpe) first, then layer by layer (the first integer component of
         the dotted name), then the rest (final norm, head). At most ``window_bytes`` are read
         ahead of the consumer (None: no bound)."""
         device = torch.device(device)
-        stream = self._stream(names, order, window_bytes, direct_io, io_threads, request_bytes)
+        stream = self._stream(names, order, window_bytes, direct_io, io_threads, request_bytes,
+                              segment_bytes)
         try:
             for index, view in stream:
                 name, dt, shape = self._tensors[index][:3]
@@ -170,7 +179,8 @@ class Model:
     def load(self, names: Sequence[str] | None = None, dtype: torch.dtype | None = None,
              device: str | torch.device = "cpu", *, window_bytes: int | None = None,
              direct_io: bool = True, io_threads: int | None = None,
-             request_bytes: int | None = None) -> dict[str, torch.Tensor]:
+             request_bytes: int | None = None,
+             segment_bytes: int | None = None) -> dict[str, torch.Tensor]:
         """Every tensor (or those in ``names``) as a dict name -> tensor, in file order.
         ``dtype`` converts floating-point tensors (integer and bool tensors keep theirs);
         ``device`` moves each tensor as it arrives."""
@@ -180,11 +190,11 @@ class Model:
             window_bytes = DEFAULT_WINDOW_BYTES if converting else 0
         return dict(self.iter_load(names, "file", dtype, device, window_bytes=window_bytes,
                                    direct_io=direct_io, io_threads=io_threads,
-                                   request_bytes=request_bytes))
+                                   request_bytes=request_bytes, segment_bytes=segment_bytes))
 
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
-_EMBED = re.compile(r"embed|wte|wpe|tok_emb|word_emb", re.IGNORECASE)
+_EMBED = re.compile(r"emb|wte|wpe", re.IGNORECASE)
 
 
 def _layer_key(name: str, index: int) -> tuple:
@@ -285,7 +295,7 @@ def save(tensors: Mapping[str, torch.Tensor], url: str | os.PathLike,
     ``model.safetensors``, or, when the tensors exceed ``shard_bytes``, Hugging Face style shards
     ``model-0000i-of-0000n.safetensors`` (filled in the dict's order) and
     ``model.safetensors.index.json``, written last. Each file appears atomically. Returns the
-    files written."""
+    files written (the shards, then the index)."""
     meta = []
     for k, v in (metadata or {}).items():
         if not isinstance(k, str) or not isinstance(v, str):

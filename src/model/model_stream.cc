@@ -28,7 +28,10 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <semaphore>
 #include <thread>
+
+#include <unistd.h>
 
 #include "io/page_cache.h"
 #include "model/model_impl.h"
@@ -76,6 +79,24 @@ class Arena {
   uint64_t map_bytes_;
   std::byte* data_ = nullptr;
 };
+
+// A buffered read of [offset, offset + length) straight into `dest`, on the calling thread:
+// bytes read (fewer only at end of file) or -errno. Not through the IoEngine: io_uring tries a
+// buffered read without blocking first, and one whose destination is fresh memory (which must
+// be faulted in) is handed to an io-wq worker thread; measured on 2 GiB resident, that path
+// reached 2-3 GB/s where plain pread into the same fresh huge pages reaches 6.7 GB/s.
+int64_t CopyFromPageCache(int fd, uint64_t offset, std::byte* dest, size_t length) {
+  size_t done = 0;
+  while (done < length) {
+    const ssize_t r = ::pread(fd, dest + done, std::min<size_t>(length - done, 1u << 30),
+                              static_cast<off_t>(offset + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return -errno;
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return static_cast<int64_t>(done);
+}
 
 struct PlannedTensor {
   size_t index = 0;     // into the model's tensors
@@ -132,6 +153,12 @@ class Stream final : public TensorStream {
   void Worker();
   Status RunPiece(const Piece& piece, std::byte* arena);
   Status PieceError(const Piece& piece, const std::string& what) const;
+  int64_t CopyFromPageCacheLimited(int fd, uint64_t offset, std::byte* dest, size_t length) {
+    copy_slots_.acquire();
+    const int64_t got = CopyFromPageCache(fd, offset, dest, length);
+    copy_slots_.release();
+    return got;
+  }
 
   const ModelImpl& model_;
   const ReadOptions options_;
@@ -142,6 +169,12 @@ class Stream final : public TensorStream {
   std::vector<Segment> segments_;
   std::vector<Piece> pieces_;
   std::vector<std::thread> threads_;
+
+  // Copies from the page cache are CPU work: at most one per core runs at a time, so the oldest
+  // pieces (the consumer's next tensor) finish first instead of sharing the cores with all the
+  // others (warm, 8 copies on 2 cores doubled the time to the first tensor).
+  std::counting_semaphore<256> copy_slots_{
+      static_cast<ptrdiff_t>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1, 256))};
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // workers: a piece became claimable, or stop
@@ -365,10 +398,9 @@ Status Stream::RunPiece(const Piece& piece, std::byte* arena) {
     if (resident < 0) {  // no cachestat: try the page cache, fall back to the device
       cached = CopyResident(src.buffered.fd(), piece.begin, dest, length) == length;
     } else if (static_cast<uint64_t>(resident) >= pages) {
-      IoRequest r{IoOpcode::kRead, src.buffered.fd(), piece.begin, dest, length};
-      GRANARY_RETURN_IF_ERROR(engine_.Run({&r, 1}));
-      if (r.result < 0) return errno_error(r.result);
-      if (static_cast<size_t>(r.result) < length) return short_read(piece.begin + r.result);
+      const int64_t got = CopyFromPageCacheLimited(src.buffered.fd(), piece.begin, dest, length);
+      if (got < 0) return errno_error(got);
+      if (static_cast<size_t>(got) < length) return short_read(piece.begin + got);
       cached = true;
     }
     if (cached) {
@@ -377,10 +409,9 @@ Status Stream::RunPiece(const Piece& piece, std::byte* arena) {
       return Status::OK();
     }
   } else {
-    IoRequest r{IoOpcode::kRead, src.buffered.fd(), piece.begin, dest, length};
-    GRANARY_RETURN_IF_ERROR(engine_.Run({&r, 1}));
-    if (r.result < 0) return errno_error(r.result);
-    if (static_cast<size_t>(r.result) < length) return short_read(piece.begin + r.result);
+    const int64_t got = CopyFromPageCacheLimited(src.buffered.fd(), piece.begin, dest, length);
+    if (got < 0) return errno_error(got);
+    if (static_cast<size_t>(got) < length) return short_read(piece.begin + got);
     std::lock_guard<std::mutex> lock(mu_);
     stats_.cached_bytes += length;
     return Status::OK();

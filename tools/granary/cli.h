@@ -62,6 +62,11 @@ int RunCkpt(int argc, char** argv);
 // shards or JSONL into a dataset version; argv starts at "pack".
 int RunPack(int argc, char** argv);
 
+// `granary model inspect|bench SOURCE...` (model_commands.cc): a safetensors model's files and
+// tensors, and how fast it loads next to a ceiling measured in the same run; argv starts at
+// "model".
+int RunModel(int argc, char** argv);
+
 }  // namespace granary::cli
 
 #endif  // GRANARY_TOOLS_GRANARY_CLI_H_

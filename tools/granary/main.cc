@@ -43,6 +43,7 @@ constexpr Command kCommands[] = {
     {"rm", "delete objects", RunRm},
     {"ckpt", "list, show, verify and garbage-collect checkpoints", RunCkpt},
     {"pack", "pack files, WebDataset tars or JSONL into a dataset", RunPack},
+    {"model", "inspect safetensors models and benchmark loading them", RunModel},
     {"doctor", "measure what this machine's disk and memory can do", RunDoctorCommand},
     {"version", "print the version", RunVersion},
 };
