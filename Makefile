@@ -62,7 +62,8 @@ test-cpp: build
 
 test-py: install-py
 	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider --timeout=900 python/tests bench/test_harness.py \
-	  bench/test_checkpoint_bench.py bench/test_dataset_bench.py
+	  bench/test_checkpoint_bench.py bench/test_dataset_bench.py \
+	  bench/test_model_bench.py
 
 test-asan: $(STAMPS)/apt
 	@test -f $(ASAN_BUILD)/build.ninja || cmake -S . -B $(ASAN_BUILD) -G Ninja \

@@ -40,6 +40,8 @@ notes VmRSS, then waits while the parent drops the page cache (cold) or reads th
   torch.load            torch.load(model.pt, weights_only=True)          (single layout only)
   torch.load-mmap       torch.load(model.pt, weights_only=True, mmap=True) (single layout only)
   granary.load          granary.models.load(src)  (src: the file, or the sharded directory)
+  granary.load-map      granary.models.load(src, map_resident=True): page-cache resident
+                        regions mapped (copy on write) instead of copied; cold ones as above
   granary.iter_load     for name, t in granary.models.iter_load(src): checksummed as it comes
                         and dropped (streaming; the only contender that does not hold the model)
   ceiling               cold: `granary doctor DATA/doctor --json --keep-file --size-mib N --only
@@ -138,8 +140,8 @@ SHARDS = 4
 LAYOUTS = ["single", "sharded"]
 CACHES = ["cold", "warm"]
 CONTENDERS = ["st.load_file", "st.load_file-pread", "st.safe_open", "read+parse", "torch.load",
-              "torch.load-mmap", "granary.load", "granary.iter_load"]
-GRANARY_CONTENDERS = {"granary.load", "granary.iter_load"}
+              "torch.load-mmap", "granary.load", "granary.load-map", "granary.iter_load"]
+GRANARY_CONTENDERS = {"granary.load", "granary.load-map", "granary.iter_load"}
 TORCH_PT_CONTENDERS = {"torch.load", "torch.load-mmap"}
 # Issue 5 goals for granary: ratios to the ceiling, and absolute values.
 GOAL_COLD_RATIO = 0.9
@@ -632,6 +634,9 @@ def child_loader(cfg: dict) -> Callable[[], Iterator]:
     if name == "granary.load":
         import granary.models as gm
         return lambda: iter(gm.load(src).items())
+    if name == "granary.load-map":
+        import granary.models as gm
+        return lambda: iter(gm.load(src, map_resident=True).items())
     if name == "granary.iter_load":
         import granary.models as gm
         return lambda: gm.iter_load(src)
@@ -922,6 +927,7 @@ def describe(name: str) -> str:
         "torch.load": "torch.load(model.pt, weights_only=True)",
         "torch.load-mmap": "torch.load(model.pt, weights_only=True, mmap=True)",
         "granary.load": "granary.models.load(src) (a file, or the sharded directory)",
+        "granary.load-map": "granary.models.load(src, map_resident=True)",
         "granary.iter_load": "for name, t in granary.models.iter_load(src): checksum, drop",
     }[name]
 

@@ -88,6 +88,15 @@ struct ReadOptions {
   uint64_t segment_bytes = 64u << 20;
   // Read cold ranges of local files with O_DIRECT. false: buffered reads only. Default: true.
   bool direct_io = true;
+  // Map segments that are wholly in the page cache instead of copying them: mmap(MAP_PRIVATE |
+  // MAP_POPULATE) of the file range, so warm loads cost no copy and no new memory, and processes
+  // loading the same model share one copy. Tensors stay writable (copy on write). Trade-offs:
+  // their pages belong to the page cache, so under memory pressure the kernel may drop them and
+  // read them back on the next touch (the page faults this loader otherwise never depends on),
+  // and a file truncated in place while mapped raises SIGBUS on access (replacing it by rename is
+  // safe). Segments holding misaligned tensors, cold segments and non-local stores are read as
+  // usual. Default: false.
+  bool map_resident = false;
   // The engine for local reads; nullptr = IoEngine::Default(). Must outlive the stream.
   IoEngine* engine = nullptr;
   Status Validate() const;
@@ -105,7 +114,8 @@ struct ReadStats {
   uint64_t cached_bytes = 0;     // copied from the page cache (buffered reads)
   uint64_t direct_bytes = 0;     // read from the device with O_DIRECT (incl. edge blocks)
   uint64_t staged_bytes = 0;     // cold bytes of misaligned tensors, copied from staging blocks
-  uint64_t store_bytes = 0;      // read through ObjectStore::GetMany (no local file)
+  uint64_t store_bytes = 0;      // read with ranged Gets from a store without local files
+  uint64_t mapped_bytes = 0;     // mapped from the page cache (ReadOptions::map_resident)
   uint64_t requests = 0;
   uint64_t segments = 0;
   uint64_t peak_window_bytes = 0;  // most segment bytes held at once by the stream

@@ -96,7 +96,8 @@ class Model:
         # (copied from the page cache), direct_bytes (read with O_DIRECT, including the aligned
         # edges around tensors, so it can exceed bytes), staged_bytes (misaligned tensors copied
         # through staging blocks), store_bytes (ranged reads from a store without local files),
-        # requests, segments, peak_window_bytes (most segment memory read ahead at once).
+        # mapped_bytes (mapped from the page cache, map_resident=True), requests, segments,
+        # peak_window_bytes (most segment memory read ahead at once).
         self.last_stats: dict[str, int] = {}
 
     @property
@@ -145,8 +146,9 @@ class Model:
         raise ValueError(f"order must be 'file' or 'layer', not {order!r}")
 
     def _stream(self, names, order, window_bytes, direct_io, io_threads, request_bytes,
-                segment_bytes):
-        kwargs: dict[str, Any] = {"window_bytes": int(window_bytes or 0), "direct_io": direct_io}
+                segment_bytes, map_resident):
+        kwargs: dict[str, Any] = {"window_bytes": int(window_bytes or 0), "direct_io": direct_io,
+                                  "map_resident": bool(map_resident)}
         if segment_bytes is not None:
             kwargs["segment_bytes"] = int(segment_bytes)
         if io_threads is not None:
@@ -159,14 +161,15 @@ class Model:
                   dtype: torch.dtype | None = None, device: str | torch.device = "cpu", *,
                   window_bytes: int | None = DEFAULT_WINDOW_BYTES, direct_io: bool = True,
                   io_threads: int | None = None, request_bytes: int | None = None,
-                  segment_bytes: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+                  segment_bytes: int | None = None,
+                  map_resident: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields ``(name, tensor)`` as each tensor's bytes arrive, in file order or, with
         ``order="layer"``, embeddings (names containing emb, wte or wpe) first, then layer by layer (the first integer component of
         the dotted name), then the rest (final norm, head). At most ``window_bytes`` are read
         ahead of the consumer (None: no bound)."""
         device = torch.device(device)
         stream = self._stream(names, order, window_bytes, direct_io, io_threads, request_bytes,
-                              segment_bytes)
+                              segment_bytes, map_resident)
         try:
             for index, view in stream:
                 name, dt, shape = self._tensors[index][:3]
@@ -180,17 +183,25 @@ class Model:
              device: str | torch.device = "cpu", *, window_bytes: int | None = None,
              direct_io: bool = True, io_threads: int | None = None,
              request_bytes: int | None = None,
-             segment_bytes: int | None = None) -> dict[str, torch.Tensor]:
+             segment_bytes: int | None = None,
+             map_resident: bool = False) -> dict[str, torch.Tensor]:
         """Every tensor (or those in ``names``) as a dict name -> tensor, in file order.
         ``dtype`` converts floating-point tensors (integer and bool tensors keep theirs);
-        ``device`` moves each tensor as it arrives."""
+        ``device`` moves each tensor as it arrives.
+
+        ``map_resident=True``: file regions already in the page cache are mapped (private,
+        copy-on-write, populated up front) instead of copied, so a warm load costs neither a
+        copy nor new memory and processes share the cached pages. The kernel may then drop such
+        pages under memory pressure and read them back on the next touch, and truncating the
+        file in place while its tensors live raises SIGBUS (replacing it by rename is safe)."""
         device = torch.device(device)
         converting = dtype is not None or device.type != "cpu"
         if window_bytes is None:
             window_bytes = DEFAULT_WINDOW_BYTES if converting else 0
         return dict(self.iter_load(names, "file", dtype, device, window_bytes=window_bytes,
                                    direct_io=direct_io, io_threads=io_threads,
-                                   request_bytes=request_bytes, segment_bytes=segment_bytes))
+                                   request_bytes=request_bytes, segment_bytes=segment_bytes,
+                                   map_resident=map_resident))
 
 
 _LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")

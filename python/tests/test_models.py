@@ -142,6 +142,23 @@ def test_load_matches_safetensors_cold_warm_and_buffered(tmp_path):
             assert stats["cached_bytes"] == m.total_bytes
 
 
+def test_map_resident_shares_the_page_cache_copy_on_write(tmp_path):
+    t = every_dtype()
+    path = tmp_path / "m.safetensors"
+    st.save_file(t, path)  # the reference layout: every tensor aligned
+    warm(path)
+    m = gm.Model(path)
+    got = m.load(map_resident=True)
+    assert_same(got, t)
+    assert m.last_stats["mapped_bytes"] == m.total_bytes
+    got["big"].fill_(7.0)  # copy on write: the file keeps its bytes
+    assert_same(gm.load(path), t)
+    evict(path)
+    got = m.load(map_resident=True)
+    assert_same(got, t)
+    assert m.last_stats["mapped_bytes"] == 0
+
+
 def test_misaligned_tensors_load_aligned_and_exact(tmp_path):
     t = misaligned_model()
     path = tmp_path / "m.safetensors"

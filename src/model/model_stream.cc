@@ -70,6 +70,24 @@ class Arena {
     }
     return arena;
   }
+  // The file's bytes [offset, offset + bytes) (offset aligned) as private, copy-on-write memory,
+  // populated up front (no page faults later while the pages stay cached). nullptr if the kernel
+  // refuses; the caller then copies instead.
+  static std::shared_ptr<Arena> MapFile(int fd, uint64_t offset, uint64_t bytes) {
+    // Populated read-only, then made writable: populating a writable private mapping would
+    // copy every page (a write fault each), which is the very copy this avoids. Writes later
+    // copy just the page written.
+    void* p = ::mmap(nullptr, AlignUp(bytes), PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd,
+                     static_cast<off_t>(offset));
+    if (p == MAP_FAILED) return nullptr;
+    if (::mprotect(p, AlignUp(bytes), PROT_READ | PROT_WRITE) != 0) {
+      ::munmap(p, AlignUp(bytes));
+      return nullptr;
+    }
+    auto arena = std::shared_ptr<Arena>(new Arena(p, AlignUp(bytes)));
+    arena->data_ = static_cast<std::byte*>(p);
+    return arena;
+  }
   ~Arena() { ::munmap(map_, map_bytes_); }
   std::byte* data() const { return data_; }
 
@@ -113,6 +131,8 @@ struct Segment {
   size_t first = 0, end = 0;  // planned tensors [first, end)
   size_t handed = 0;
   bool allocated = false;
+  bool mapped = false;        // the arena maps the file (ReadOptions::map_resident)
+  bool has_staged = false;
   std::shared_ptr<Arena> arena;
 };
 
@@ -150,6 +170,7 @@ class Stream final : public TensorStream {
   void PlanSegment(uint32_t seg);
   void AddPieces(uint32_t seg, uint64_t begin, uint64_t end, int64_t staged);
   bool Claimable(size_t piece) const;
+  std::shared_ptr<Arena> MapIfResident(const Segment& seg) const;
   void Worker();
   Status RunPiece(const Piece& piece, std::byte* arena);
   Status PieceError(const Piece& piece, const std::string& what) const;
@@ -245,6 +266,7 @@ void Stream::PlanSegment(uint32_t s) {
     PlannedTensor& p = planned_[i];
     if (t.bytes == 0) continue;
     if (p.staged) {
+      seg.has_staged = true;
       p.home = AlignUp(next_home, kHomeAlign);
       next_home = p.home + t.bytes;
     } else {
@@ -310,6 +332,18 @@ bool Stream::Claimable(size_t piece) const {
          window_used_ + seg.arena_bytes <= options_.window_bytes;
 }
 
+// A mapping of the segment's file range if the file is local and the whole range is in the
+// page cache; nullptr otherwise (the segment is then read into anonymous memory).
+std::shared_ptr<Arena> Stream::MapIfResident(const Segment& seg) const {
+  const FileSource& src = model_.source(seg.file);
+  if (!src.buffered.is_open() || seg.arena_bytes == 0) return nullptr;
+  uint64_t pages = 0;
+  const int64_t resident = CachedPages(src.buffered.fd(), seg.cover_begin,
+                                       seg.cover_begin + seg.arena_bytes, &pages);
+  if (resident < 0 || static_cast<uint64_t>(resident) < pages) return nullptr;
+  return Arena::MapFile(src.buffered.fd(), seg.cover_begin, seg.arena_bytes);
+}
+
 void Stream::Worker() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
@@ -319,7 +353,11 @@ void Stream::Worker() {
     if (stop_ || !error_.ok() || next_piece_ >= pieces_.size()) return;
     const Piece& piece = pieces_[next_piece_++];
     Segment& seg = segments_[piece.segment];
-    if (!seg.allocated) {
+    if (!seg.allocated && options_.map_resident && !seg.has_staged) {
+      seg.arena = MapIfResident(seg);
+      seg.mapped = seg.arena != nullptr;
+    }
+    if (!seg.allocated && !seg.mapped) {
       Result<std::shared_ptr<Arena>> arena = Arena::Create(seg.arena_bytes);
       if (!arena.ok()) {
         error_ = arena.status();
@@ -328,6 +366,8 @@ void Stream::Worker() {
         return;
       }
       seg.arena = std::move(*arena);
+    }
+    if (!seg.allocated) {
       seg.allocated = true;
       window_used_ += seg.arena_bytes;
       stats_.segments++;
@@ -381,6 +421,11 @@ Status Stream::RunPiece(const Piece& piece, std::byte* arena) {
     return ErrnoToStatus(static_cast<int>(-result), where());
   };
 
+  if (seg.mapped) {  // the mapping already holds the bytes
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.mapped_bytes += length;
+    return Status::OK();
+  }
   if (!src.buffered.is_open()) {  // no local file: a ranged read from the store
     Result<size_t> got = src.store->Get(src.key, piece.begin, {dest, length});
     if (!got.ok()) return io_error(got.status());

@@ -110,7 +110,7 @@ ReadStats ReadAndCheck(Model& m, const std::map<std::string, std::string>& want,
       EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data.data()) % align, 0u) << info.name;
     }
     // The consumer owns the tensor now: writes must survive later reads of its neighbours.
-    std::memset(t.data.data(), 0xA5, t.data.size());
+    if (!t.data.empty()) std::memset(t.data.data(), 0xA5, t.data.size());
     held.push_back(std::move(t));
   }
   for (const LoadedTensor& t : held) {
@@ -184,6 +184,29 @@ TEST(ModelTest, ReadsColdWarmAndBufferedIdentically) {
     ReadStats b = ReadAndCheck(*m, want, All(*m), buffered);
     EXPECT_EQ(b.direct_bytes, 0u);
   }
+}
+
+TEST(ModelTest, MapResidentMapsWarmAlignedSegmentsCopyOnWrite) {
+  ScratchDir dir("model");
+  const std::string path = dir.Join("m.safetensors");
+  auto want = WriteFile(path, LlmLike());
+  std::vector<std::string> src{path};
+  auto m = Model::Open(src).value();
+  ReadOptions map;
+  map.map_resident = true;
+  map.segment_bytes = 1u << 20;  // several segments: the aligned ones before "odd" get mapped
+  Warm(path);
+  // ReadAndCheck writes into every tensor: private mappings must copy, never touch the file.
+  ReadStats s = ReadAndCheck(*m, want, All(*m), map);
+  EXPECT_GT(s.mapped_bytes, 0u);
+  EXPECT_GT(s.cached_bytes, 0u);  // segments with misaligned tensors are copied
+  EXPECT_EQ(s.direct_bytes, 0u);
+  ReadAndCheck(*m, want, All(*m));  // the file still holds the original bytes
+  // Cold segments are read as usual.
+  Evict(path);
+  s = ReadAndCheck(*m, want, All(*m), map);
+  EXPECT_EQ(s.mapped_bytes, 0u);
+  EXPECT_GT(s.direct_bytes, 0u);
 }
 
 TEST(ModelTest, MisalignedTensorsGetAlignedMemory) {

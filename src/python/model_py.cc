@@ -29,6 +29,7 @@ py::dict StatsDict(const ReadStats& s) {
   d["direct_bytes"] = s.direct_bytes;
   d["staged_bytes"] = s.staged_bytes;
   d["store_bytes"] = s.store_bytes;
+  d["mapped_bytes"] = s.mapped_bytes;
   d["requests"] = s.requests;
   d["segments"] = s.segments;
   d["peak_window_bytes"] = s.peak_window_bytes;
@@ -82,13 +83,14 @@ void RegisterModel(py::module_& m) {
           "read",
           [](const std::shared_ptr<Model>& model, std::vector<size_t> sequence,
              size_t request_bytes, size_t io_threads, uint64_t window_bytes,
-             uint64_t segment_bytes, bool direct_io) {
+             uint64_t segment_bytes, bool direct_io, bool map_resident) {
             ReadOptions o;
             o.request_bytes = request_bytes;
             o.io_threads = io_threads;
             o.window_bytes = window_bytes;
             o.segment_bytes = segment_bytes;
             o.direct_io = direct_io;
+            o.map_resident = map_resident;
             auto r = WithoutGil([&] { return model->Read(std::move(sequence), o); });
             auto s = std::make_unique<PyStream>();
             s->model = model;
@@ -99,7 +101,8 @@ void RegisterModel(py::module_& m) {
           py::arg("io_threads") = defaults.io_threads,
           py::arg("window_bytes") = defaults.window_bytes,
           py::arg("segment_bytes") = defaults.segment_bytes,
-          py::arg("direct_io") = defaults.direct_io);
+          py::arg("direct_io") = defaults.direct_io,
+          py::arg("map_resident") = defaults.map_resident);
 
   py::class_<PyStream>(m, "TensorStream")
       .def("__iter__", [](py::object self) { return self; })
