@@ -2,8 +2,9 @@
 // unconverted, at the storage device's speed whether the files are cold or in the page cache.
 //
 // A Model is opened from one or more sources: a `.safetensors` file, a directory (its
-// `*.safetensors.index.json` when there is exactly one, else every `*.safetensors` file in it), a
-// sharded model's index JSON, or a store URL naming any of these. Open reads and validates every
+// `*.safetensors.index.json` when there is exactly one, `model.safetensors.index.json` when there
+// are several (InvalidArgument if none of them is), every `*.safetensors` file in it when there is
+// no index), a sharded model's index JSON, or a store URL naming any of these. Open reads and validates every
 // file's header (see docs/formats/safetensors.md) before any large allocation; a violation is a
 // DataLoss naming the file and the tensor.
 //
@@ -16,7 +17,8 @@
 // resident ranges are copied with buffered reads, cold ones read with O_DIRECT straight into the
 // tensors' memory. Tensors whose offset is not a multiple of their element size (the format does
 // not pad, so one odd-length tensor misaligns everything after it) get their own aligned memory
-// and are read through pooled staging blocks, then copied. mmap is never used.
+// and are read through pooled staging blocks, then copied. mmap is not used unless
+// ReadOptions::map_resident asks for it.
 //
 // Memory: a tensor's bytes live in its segment's memory, kept alive by LoadedTensor::owner; a
 // segment is freed when every tensor handed out from it is gone. A stream allocates a segment
@@ -29,7 +31,7 @@
 // nothing).
 //
 // Thread-safety: a Model is immutable after Open and may be shared; each TensorStream is used by
-// one thread at a time.
+// one thread at a time. A Model must outlive the streams it returned (they read its files).
 #ifndef GRANARY_MODEL_H_
 #define GRANARY_MODEL_H_
 

@@ -14,15 +14,18 @@ speed whether the files are cold or already in the page cache, and saved byte-fo
     info = gm.inspect("/models/llama")                 # names, dtypes, shapes, bytes, metadata
 
 A source (``src``) is a ``.safetensors`` file, a list of them, a directory (its
-``*.safetensors.index.json`` when it has one, as Hugging Face lays sharded models out, else every
+``*.safetensors.index.json`` as Hugging Face lays sharded models out, preferring
+``model.safetensors.index.json`` when there are several; without an index, every
 ``*.safetensors`` file in it), an index JSON, or a ``file://`` / ``mem://`` URL of any of these.
 
 Loading reads every requested tensor in large requests, many in flight: ranges already in the
 page cache are copied from it, the rest are read with O_DIRECT straight into the tensors' memory
-(no mmap, so no page faults one page at a time on cold or network storage). Tensors of one file
+(no mmap unless ``map_resident=True``, so no page faults one page at a time on cold or network
+storage). Tensors of one file
 region share one allocation: a loaded tensor keeps its region (up to 64 MiB, or the tensor if
 larger) alive. Tensors are CPU tensors you may modify; ``load`` with ``dtype`` or a ``device``
-converts tensor by tensor through a bounded window, so peak memory is the result plus the window.
+converts tensor by tensor through a bounded window, so peak memory is the result plus the window
+(plus any region shared with a tensor returned unconverted, e.g. an integer tensor).
 
 Errors: a damaged header or index raises :class:`granary.DataLossError` naming the file and
 the tensor, before anything large is allocated; a missing source ``FileNotFoundError``; a name

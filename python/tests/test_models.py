@@ -179,6 +179,36 @@ def test_misaligned_tensors_load_aligned_and_exact(tmp_path):
             assert m.last_stats["staged_bytes"] > 0
 
 
+def test_complex64_after_a_4_byte_tensor_is_8_byte_aligned(tmp_path):
+    t = {"u": torch.arange(1).to(torch.uint32), "c": torch.randn(5, dtype=torch.complex64)}
+    path = tmp_path / "m.safetensors"
+    write_unpadded(path, t)  # "c" starts at offset 4 of the data: aligned for F32, not complex
+    for cold in (True, False):
+        evict(path) if cold else warm(path)
+        got = gm.load(path)
+        assert got["c"].data_ptr() % 8 == 0
+        assert_same(got, t)
+
+
+def test_closing_a_stream_while_another_thread_waits_in_next(tmp_path):
+    import threading
+    t = {f"w{i}": torch.randn(256, 1024) for i in range(16)}  # 16 MiB
+    path = tmp_path / "m.safetensors"
+    st.save_file(t, path)
+    for _ in range(3):
+        evict(path)
+        m = gm.Model(path)
+        s = m._model.read(list(range(16)), io_threads=1, request_bytes=4096)
+        got = []
+        th = threading.Thread(target=lambda: got.append(next(s)))
+        th.start()
+        s.close()  # waits for the pending next() instead of freeing the stream under it
+        th.join(timeout=60)
+        assert not th.is_alive()
+        with pytest.raises(StopIteration):
+            next(s)
+
+
 def test_tensors_are_writable_and_outlive_everything(tmp_path):
     t = misaligned_model()
     path = tmp_path / "m.safetensors"

@@ -22,6 +22,7 @@
 // sequence order; the stream drops its reference to an arena once every tensor of the segment is
 // handed out, so the memory lives exactly as long as the consumer keeps tensors of it.
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -155,6 +156,7 @@ class Stream final : public TensorStream {
       stop_ = true;
     }
     work_cv_.notify_all();
+    out_cv_.notify_all();
     for (std::thread& t : threads_) t.join();
   }
 
@@ -360,7 +362,8 @@ void Stream::Worker() {
     if (!seg.allocated && !seg.mapped) {
       Result<std::shared_ptr<Arena>> arena = Arena::Create(seg.arena_bytes);
       if (!arena.ok()) {
-        error_ = arena.status();
+        error_ = arena.status().WithContext(model_.source(seg.file).name + ": tensor " +
+                                            tensor(seg.first).name);
         out_cv_.notify_all();
         work_cv_.notify_all();
         return;
@@ -406,10 +409,24 @@ Status Stream::RunPiece(const Piece& piece, std::byte* arena) {
       piece.staged >= 0
           ? arena + planned_[piece.staged].home + (piece.begin - tensor(piece.staged).offset)
           : arena + (piece.begin - seg.cover_begin);
+  // The file shrank after Open validated it: name the first tensor the read left incomplete.
   auto short_read = [&](uint64_t got_end) {
-    return PieceError(piece, "file ends at byte " + std::to_string(got_end) +
-                                 ", before the tensor's bytes end at " +
-                                 std::to_string(piece.end) + " (truncated after it was opened?)");
+    const ModelTensor* cut = &tensor(piece.staged >= 0 ? static_cast<size_t>(piece.staged)
+                                                       : piece.touches.front());
+    for (uint32_t t : piece.touches) {
+      if (tensor(t).offset + tensor(t).bytes > got_end) {
+        cut = &tensor(t);
+        break;
+      }
+    }
+    struct stat st {};
+    const std::string size = ::fstat(src.buffered.is_open() ? src.buffered.fd() : -1, &st) == 0
+                                 ? std::to_string(st.st_size)
+                                 : "at most " + std::to_string(got_end);
+    return DataLossError(src.name + ": tensor " + cut->name + ": the file is " + size +
+                         " bytes now, shorter than the tensor's end at byte " +
+                         std::to_string(cut->offset + cut->bytes) +
+                         " (truncated after it was opened?)");
   };
   auto where = [&] {
     const ModelTensor& t = piece.staged >= 0 ? tensor(static_cast<size_t>(piece.staged))
@@ -466,11 +483,13 @@ Status Stream::RunPiece(const Piece& piece, std::byte* arena) {
   BufferPool::Lease lease;
   std::byte* target = arena + (lo - seg.cover_begin);
   if (piece.staged >= 0) {
-    GRANARY_ASSIGN_OR_RETURN(lease, staging_->Acquire());
+    Result<BufferPool::Lease> got = staging_->Acquire();
+    if (!got.ok()) return io_error(got.status());
+    lease = std::move(*got);
     target = lease.data();
   }
   IoRequest r{IoOpcode::kRead, src.direct.fd(), lo, target, hi - lo};
-  GRANARY_RETURN_IF_ERROR(engine_.Run({&r, 1}));
+  if (Status s = engine_.Run({&r, 1}); !s.ok()) return io_error(s);
   if (r.result < 0) return errno_error(r.result);
   if (lo + static_cast<uint64_t>(r.result) < piece.end) return short_read(lo + r.result);
   if (piece.staged >= 0) std::memcpy(dest, target + (piece.begin - lo), length);
@@ -485,8 +504,11 @@ Result<std::optional<LoadedTensor>> Stream::Next() {
   if (next_out_ >= planned_.size()) return std::optional<LoadedTensor>();
   // Tensors completed before a failure are still handed out; the error comes at the first one
   // that is incomplete (it names the tensor whose read failed, which may be a later one).
-  out_cv_.wait(lock, [&] { return !error_.ok() || planned_[next_out_].pending == 0; });
-  if (planned_[next_out_].pending != 0) return error_;
+  out_cv_.wait(lock,
+               [&] { return stop_ || !error_.ok() || planned_[next_out_].pending == 0; });
+  if (planned_[next_out_].pending != 0) {
+    return error_.ok() ? CancelledError("the tensor stream was closed") : error_;
+  }
   const PlannedTensor& p = planned_[next_out_++];
   Segment& seg = segments_[p.segment];
   const ModelTensor& t = model_.tensors()[p.index];

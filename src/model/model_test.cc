@@ -176,8 +176,9 @@ TEST(ModelTest, ReadsColdWarmAndBufferedIdentically) {
     EXPECT_GT(cold.staged_bytes, 0u);  // the misaligned tensors after "odd"
     Warm(path);
     ReadStats warm = ReadAndCheck(*m, want, All(*m), options);
-    EXPECT_EQ(warm.direct_bytes, 0u);
-    EXPECT_EQ(warm.cached_bytes, m->total_bytes());
+    // Mostly from the page cache (tests running alongside may push a few pages out).
+    EXPECT_LT(warm.direct_bytes, m->total_bytes() / 10);
+    EXPECT_GT(warm.cached_bytes, m->total_bytes() * 9 / 10);
     ReadOptions buffered = options;
     buffered.direct_io = false;
     Evict(path);
@@ -207,6 +208,45 @@ TEST(ModelTest, MapResidentMapsWarmAlignedSegmentsCopyOnWrite) {
   s = ReadAndCheck(*m, want, All(*m), map);
   EXPECT_EQ(s.mapped_bytes, 0u);
   EXPECT_GT(s.direct_bytes, 0u);
+}
+
+// Two mirrored runs whose aligned covers share a page around a tiny staged tensor: both reads
+// write that page, and neither may overwrite a tensor already handed out (ReadAndCheck writes
+// into every tensor it receives). Cold, partly cached, warm, and mapped under a window.
+TEST(ModelTest, RunsSharingAnEdgePageAroundAStagedTensor) {
+  ScratchDir dir("model");
+  const std::string path = dir.Join("m.safetensors");
+  auto want = WriteFile(path, {{"a", DType::kF32, {3000}},   // 12,000 B
+                               {"x", DType::kU8, {1}},
+                               {"s", DType::kBF16, {1}},     // odd offset: staged
+                               {"y", DType::kU8, {1}},       // realigns what follows
+                               {"b", DType::kF32, {5000}},
+                               {"c", DType::kF64, {9}}});
+  std::vector<std::string> src{path};
+  auto m = Model::Open(src).value();
+  ASSERT_NE(m->tensors()[2].offset % 2, 0u);
+  ASSERT_EQ(m->tensors()[4].offset % 4, 0u);
+  ReadOptions tiny;
+  tiny.request_bytes = 4096;
+  for (int mode = 0; mode < 4; ++mode) {
+    ReadOptions options = tiny;
+    Evict(path);
+    if (mode == 1) {  // the first half cached, the rest cold
+      int fd = ::open(path.c_str(), O_RDONLY);
+      std::string half(12000, '\0');
+      ASSERT_EQ(::pread(fd, half.data(), half.size(), 0), 12000);
+      ::close(fd);
+    }
+    if (mode >= 2) Warm(path);
+    if (mode == 3) {
+      options.map_resident = true;
+      options.window_bytes = 16384;
+    }
+    for (size_t threads : {1u, 8u}) {
+      options.io_threads = threads;
+      ReadAndCheck(*m, want, All(*m), options);
+    }
+  }
 }
 
 TEST(ModelTest, MisalignedTensorsGetAlignedMemory) {

@@ -5,6 +5,8 @@
 
 #include <pybind11/stl.h>
 
+#include <mutex>
+
 #include "buffer_py.h"
 #include "granary/model.h"
 #include "status_py.h"
@@ -12,10 +14,13 @@
 namespace granary::python {
 namespace {
 
-// A stream and the model it reads (the stream borrows the model).
+// A stream and the model it reads (the stream borrows the model). `mu` serializes __next__ and
+// close, which both run without the GIL: closing while another thread waits in __next__ waits
+// for that call to return instead of freeing the stream under it.
 struct PyStream {
   std::shared_ptr<Model> model;
   std::unique_ptr<TensorStream> stream;
+  std::mutex mu;
   ~PyStream() {
     py::gil_scoped_release release;  // joins the reader threads
     stream.reset();
@@ -108,18 +113,28 @@ void RegisterModel(py::module_& m) {
       .def("__iter__", [](py::object self) { return self; })
       .def("__next__",
            [](PyStream& s) -> py::tuple {
-             if (!s.stream) throw py::stop_iteration();
-             auto r = WithoutGil([&] { return s.stream->Next(); });
+             auto r = WithoutGil([&]() -> Result<std::optional<LoadedTensor>> {
+               std::lock_guard<std::mutex> lock(s.mu);
+               if (!s.stream) return std::optional<LoadedTensor>();
+               return s.stream->Next();
+             });
              std::optional<LoadedTensor> t = Unwrap(std::move(r), "");
              if (!t) throw py::stop_iteration();
              py::object view = OwnedView(std::move(t->owner), t->data, /*writable=*/true);
              return py::make_tuple(t->index, view);
            })
-      .def("stats", [](const PyStream& s) {
-        return s.stream ? StatsDict(s.stream->stats()) : py::dict();
-      })
+      .def("stats",
+           [](PyStream& s) {
+             std::optional<ReadStats> stats = WithoutGil([&]() -> std::optional<ReadStats> {
+               std::lock_guard<std::mutex> lock(s.mu);
+               if (!s.stream) return std::nullopt;
+               return s.stream->stats();
+             });
+             return stats ? StatsDict(*stats) : py::dict();
+           })
       .def("close", [](PyStream& s) {
         py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(s.mu);
         s.stream.reset();
       });
 
