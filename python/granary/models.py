@@ -167,9 +167,9 @@ class Model:
                   segment_bytes: int | None = None,
                   map_resident: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields ``(name, tensor)`` as each tensor's bytes arrive, in file order or, with
-        ``order="layer"``, embeddings (names containing emb, wte or wpe) first, then layer by layer (the first integer component of
-        the dotted name), then the rest (final norm, head). At most ``window_bytes`` are read
-        ahead of the consumer (None: no bound)."""
+        ``order="layer"``, embeddings (names containing emb, wte or wpe) first, then layer by layer
+        (the first integer component of the dotted name), then the rest (final norm, head). At most
+        ``window_bytes`` are read ahead of the consumer (None: no bound)."""
         device = torch.device(device)
         stream = self._stream(names, order, window_bytes, direct_io, io_threads, request_bytes,
                               segment_bytes, map_resident)

@@ -261,7 +261,8 @@ Result<std::unique_ptr<TensorStream>> ModelImpl::Read(std::vector<size_t> sequen
   std::vector<bool> seen(tensors_.size());
   for (size_t i : sequence) {
     if (i >= tensors_.size()) {
-      return InvalidArgumentError("tensor index " + std::to_string(i) + " out of range (model has " +
+      return InvalidArgumentError("tensor index " + std::to_string(i) +
+                                  " out of range (model has " +
                                   std::to_string(tensors_.size()) + " tensors)");
     }
     if (seen[i]) {

@@ -200,8 +200,8 @@ Result<DType> ParseDType(std::string_view name) {
   }
   return InvalidArgumentError("unknown dtype " + Quote(name) +
                               " (known: BOOL, U8, I8, I16, U16, I32, U32, I64, U64, F16, BF16, "
-                              "F32, F64, C64, F8_E5M2, F8_E4M3, F8_E8M0, F8_E4M3FNUZ, F8_E5M2FNUZ, F6_E2M3, "
-                              "F6_E3M2, F4)");
+                              "F32, F64, C64, F8_E5M2, F8_E4M3, F8_E8M0, F8_E4M3FNUZ, "
+                              "F8_E5M2FNUZ, F6_E2M3, F6_E3M2, F4)");
 }
 
 std::string_view DTypeName(DType dtype) { return Info(dtype).name; }
