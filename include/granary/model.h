@@ -53,7 +53,9 @@ namespace granary {
 
 // One safetensors file of a model.
 struct ModelFile {
-  std::string url;          // as given or resolved ("/models/x/model-00001-of-00002.safetensors")
+  // A local file's path ("/models/x/model-00001-of-00002.safetensors", file:// sources too);
+  // otherwise the store URL and key ("mem://m/model.safetensors").
+  std::string url;
   uint64_t size_bytes = 0;  // of the whole file
   uint64_t data_start = 0;  // offset of the data buffer (8 + header length)
   // The header's "__metadata__", sorted by key.

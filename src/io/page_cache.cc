@@ -33,6 +33,13 @@ int64_t CachedPages(int fd, uint64_t begin, uint64_t end, uint64_t* pages) {
   return static_cast<int64_t>(cs.nr_cache);
 }
 
+std::optional<bool> AllCached(int fd, uint64_t begin, uint64_t end) {
+  uint64_t pages = 0;
+  const int64_t cached = CachedPages(fd, begin, end, &pages);
+  if (cached < 0) return std::nullopt;
+  return static_cast<uint64_t>(cached) >= pages;
+}
+
 size_t CopyResident(int fd, uint64_t offset, std::byte* dest, size_t length) {
   constexpr size_t kMaxCall = 1u << 30;  // below the kernel's per-call limit (2 GiB - 4 KiB)
   size_t done = 0;

@@ -13,12 +13,16 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 namespace granary {
 
 // Pages of the 4 KiB-aligned cover of [begin, end) of `fd` that are in the page cache; `*pages`
 // receives the cover's page count. -1 when the kernel cannot tell (no cachestat).
 int64_t CachedPages(int fd, uint64_t begin, uint64_t end, uint64_t* pages);
+
+// Whether every page of that cover is in the page cache; nullopt when the kernel cannot tell.
+std::optional<bool> AllCached(int fd, uint64_t begin, uint64_t end);
 
 // Copies what the page cache holds of [offset, offset + length) of the buffered descriptor `fd`
 // into `dest` with preadv2(RWF_NOWAIT), never waiting for the device: the length of the resident

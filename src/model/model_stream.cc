@@ -339,10 +339,10 @@ bool Stream::Claimable(size_t piece) const {
 std::shared_ptr<Arena> Stream::MapIfResident(const Segment& seg) const {
   const FileSource& src = model_.source(seg.file);
   if (!src.buffered.is_open() || seg.arena_bytes == 0) return nullptr;
-  uint64_t pages = 0;
-  const int64_t resident = CachedPages(src.buffered.fd(), seg.cover_begin,
-                                       seg.cover_begin + seg.arena_bytes, &pages);
-  if (resident < 0 || static_cast<uint64_t>(resident) < pages) return nullptr;
+  if (!AllCached(src.buffered.fd(), seg.cover_begin, seg.cover_begin + seg.arena_bytes)
+           .value_or(false)) {
+    return nullptr;
+  }
   return Arena::MapFile(src.buffered.fd(), seg.cover_begin, seg.arena_bytes);
 }
 
@@ -453,30 +453,26 @@ Status Stream::RunPiece(const Piece& piece, std::byte* arena) {
   }
 
   const uint64_t lo = AlignDown(piece.begin), hi = AlignUp(piece.end);
-  bool cached = !options_.direct_io || !src.direct.is_open();
-  if (!cached) {
-    uint64_t pages = 0;
-    const int64_t resident = CachedPages(src.buffered.fd(), lo, hi, &pages);
-    if (resident < 0) {  // no cachestat: try the page cache, fall back to the device
-      cached = CopyResident(src.buffered.fd(), piece.begin, dest, length) == length;
-    } else if (static_cast<uint64_t>(resident) >= pages) {
-      const int64_t got = CopyFromPageCacheLimited(src.buffered.fd(), piece.begin, dest, length);
-      if (got < 0) return errno_error(got);
-      if (static_cast<size_t>(got) < length) return short_read(piece.begin + got);
-      cached = true;
+  auto copied = [&](size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.cached_bytes += bytes;
+    return Status::OK();
+  };
+  bool buffered = !options_.direct_io || !src.direct.is_open();
+  if (!buffered) {
+    const std::optional<bool> resident = AllCached(src.buffered.fd(), lo, hi);
+    if (!resident) {  // no cachestat: try the page cache without waiting, else the device
+      if (CopyResident(src.buffered.fd(), piece.begin, dest, length) == length) {
+        return copied(length);
+      }
     }
-    if (cached) {
-      std::lock_guard<std::mutex> lock(mu_);
-      stats_.cached_bytes += length;
-      return Status::OK();
-    }
-  } else {
+    buffered = resident.value_or(false);
+  }
+  if (buffered) {
     const int64_t got = CopyFromPageCacheLimited(src.buffered.fd(), piece.begin, dest, length);
     if (got < 0) return errno_error(got);
     if (static_cast<size_t>(got) < length) return short_read(piece.begin + got);
-    std::lock_guard<std::mutex> lock(mu_);
-    stats_.cached_bytes += length;
-    return Status::OK();
+    return copied(length);
   }
 
   // Cold: one O_DIRECT read of the aligned cover, into place or into a staging block.

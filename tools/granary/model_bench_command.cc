@@ -62,13 +62,11 @@ struct BenchFile {
   File direct;  // not open where O_DIRECT is unsupported (tmpfs)
 };
 
-// The local path of a model file URL; nullopt for files of other stores.
+// The local path of a model file (ModelFile::url is one for local files, file:// sources
+// included); nullopt for files of other stores.
 std::optional<std::string> LocalPath(const std::string& url) {
-  if (url.find("://") == std::string::npos) return url;
-  if (!url.starts_with("file://")) return std::nullopt;
-  std::string path = url.substr(std::string_view("file://").size());
-  if (path.starts_with("localhost/")) path = path.substr(std::string_view("localhost").size());
-  return path;
+  if (url.find("://") != std::string::npos) return std::nullopt;
+  return url;
 }
 
 Result<std::vector<BenchFile>> OpenBenchFiles(const Model& m) {

@@ -15,21 +15,6 @@ std::string Trim(std::string_view s) {
   return std::string(s.substr(b, e - b + 1));
 }
 
-// %XX decoding of a query value (URL values arrive undecoded from ParseStoreUrl).
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      out += static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16));
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
 // "http(s)://host[:port]" -> scheme and host; false if it is not that.
 bool SplitEndpoint(std::string_view endpoint, std::string* scheme, std::string* host) {
   while (endpoint.ends_with('/')) endpoint.remove_suffix(1);
@@ -116,7 +101,7 @@ Result<S3Settings> ResolveS3Settings(const StoreUrl& url, const Environment& env
                  "' (known: endpoint, region, profile, addressing, access_key_id, "
                  "secret_access_key, session_token)");
     }
-    q[k] = PercentDecode(v);
+    q[k] = UriDecode(v);
   }
   auto from = [&](const char* query_key,
                   std::initializer_list<const char*> env_keys) -> std::optional<std::string> {

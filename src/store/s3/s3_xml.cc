@@ -7,6 +7,8 @@
 #include <ctime>
 #include <functional>
 
+#include "store/s3/sigv4.h"
+
 namespace granary::s3 {
 namespace {
 
@@ -60,23 +62,6 @@ class Walker {
   std::vector<size_t> lengths_;
   std::vector<std::string> texts_;
 };
-
-std::string PercentDecode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
-        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
-      int v = 0;
-      std::from_chars(s.data() + i + 1, s.data() + i + 3, v, 16);
-      out += static_cast<char>(v);
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
 
 std::string Unquote(std::string s) {
   if (s.size() >= 2 && s.front() == '"' && s.back() == '"') return s.substr(1, s.size() - 2);
@@ -151,8 +136,8 @@ Result<ListResult> ParseListObjectsV2(std::string_view xml, std::string_view wha
                          "non-negative integer");
   }
   if (url_encoded) {
-    for (ListedObject& o : out.objects) o.key = PercentDecode(o.key);
-    for (std::string& p : out.common_prefixes) p = PercentDecode(p);
+    for (ListedObject& o : out.objects) o.key = UriDecode(o.key);
+    for (std::string& p : out.common_prefixes) p = UriDecode(p);
   }
   if (out.truncated && out.next_continuation_token.empty()) {
     return DataLossError("S3 listing of " + std::string(what) +

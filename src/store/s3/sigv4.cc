@@ -70,6 +70,25 @@ std::string UriEncode(std::string_view s, bool encode_slash) {
   return out;
 }
 
+std::string UriDecode(std::string_view s) {
+  auto hex = [](char c) {
+    const int u = std::tolower(static_cast<unsigned char>(c));
+    return std::isdigit(u) ? u - '0' : u - 'a' + 10;
+  };
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out += static_cast<char>(hex(s[i + 1]) * 16 + hex(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
 std::string Sha256Hex(std::span<const std::byte> data) {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int len = 0;

@@ -55,6 +55,10 @@ struct SignScope {
 // (uppercase hex); '/' kept unless `encode_slash`.
 std::string UriEncode(std::string_view s, bool encode_slash);
 
+// The inverse: %XX sequences decoded, anything else (a stray '%' included) kept as it is. For
+// URL query values and the url-encoded keys of listings.
+std::string UriDecode(std::string_view s);
+
 // Lowercase hex SHA-256 of `data`.
 std::string Sha256Hex(std::span<const std::byte> data);
 inline std::string Sha256Hex(std::string_view s) {

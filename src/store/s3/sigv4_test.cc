@@ -16,6 +16,8 @@ TEST(SigV4Test, UriEncodeKeepsUnreservedOnly) {
   EXPECT_EQ(UriEncode("a b+c=d&e/f", true), "a%20b%2Bc%3Dd%26e%2Ff");
   EXPECT_EQ(UriEncode("a b/c", false), "a%20b/c");
   EXPECT_EQ(UriEncode("\xc3\xbc*", true), "%C3%BC%2A");
+  EXPECT_EQ(UriDecode("a%20b%2fc%C3%BC%zz%2"), "a b/c\xc3\xbc%zz%2");
+  EXPECT_EQ(UriDecode(UriEncode("k =/\x01", true)), "k =/\x01");
 }
 
 TEST(SigV4Test, Sha256AndDate) {
