@@ -15,7 +15,8 @@ STAMPS := build/stamps
 
 APT_PACKAGES := build-essential cmake ninja-build pkg-config python3-venv \
   liburing-dev libisal-dev libxxhash-dev libzstd-dev nlohmann-json3-dev libfmt-dev \
-  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libssl-dev libexpat1-dev libarchive-dev fio
+  libgtest-dev libgmock-dev libbenchmark-dev libcurl4-openssl-dev libssl-dev libexpat1-dev libarchive-dev fio \
+  curl ceph-mon ceph-osd ceph-common radosgw
 
 CMAKE_COMMON := -G Ninja -DCMAKE_BUILD_TYPE=Release
 
@@ -55,9 +56,12 @@ install-py: build $(STAMPS)/venv
 	$(VPY) -m pip install -q --no-build-isolation --no-deps \
 	  --config-settings=build-dir=$(PY_BUILD) .
 
-test: install-py test-cpp test-py test-install test-asan
+# Every test, beside a throwaway Ceph RGW (scripts/ceph-rgw.sh) for the S3 tests; the
+# individual test-* targets skip S3 tests when no server is configured.
+test: install-py
+	scripts/with-rgw.sh $(MAKE) --no-print-directory test-cpp test-py test-install test-asan
 
-test-cpp: build
+test-cpp: build $(STAMPS)/venv
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 600
 
 test-py: install-py
@@ -65,7 +69,7 @@ test-py: install-py
 	  bench/test_checkpoint_bench.py bench/test_dataset_bench.py \
 	  bench/test_model_bench.py
 
-test-asan: $(STAMPS)/apt
+test-asan: $(STAMPS)/apt $(STAMPS)/venv
 	@test -f $(ASAN_BUILD)/build.ninja || cmake -S . -B $(ASAN_BUILD) -G Ninja \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGRANARY_SANITIZE=ON -DGRANARY_BUILD_TESTS=ON
 	cmake --build $(ASAN_BUILD) -j $(JOBS)

@@ -182,7 +182,10 @@ struct StoreOptions {
 //   file:///abs/path, or a plain path ("/data/x", "./x")   LocalStore rooted at that directory
 //   mem://name                                          MemoryStore; same name, same store,
 //                                                       for the life of the process
-//   s3://bucket/prefix?...                              Unimplemented until the S3 driver lands
+//   s3://bucket/prefix?endpoint=http://host:port&...    S3Store: a bucket of AWS S3 or any
+//                                                       S3-compatible server (endpoint, region,
+//                                                       credentials: URL > AWS_* environment >
+//                                                       ~/.aws profile; see docs/s3.md)
 // InvalidArgument for malformed or unknown URLs.
 Result<std::unique_ptr<ObjectStore>> OpenStore(std::string_view url,
                                                const StoreOptions& options = {});

@@ -292,7 +292,9 @@ def open(  # noqa: A001 - granary.open(url) mirrors the builtin on purpose
     * ``file:///abs/dir`` or a plain path (``str`` or ``pathlib.Path``): a local directory,
       created if missing unless ``create_if_missing=False``.
     * ``mem://name``: an in-memory store; the same name gives the same store within the process.
-    * ``s3://bucket/prefix``: NotImplementedError until the S3 driver lands.
+    * ``s3://bucket/prefix?endpoint=http://host:port``: a bucket of AWS S3 or any S3-compatible
+      server; endpoint, region and credentials from the URL, the AWS_* environment variables or
+      ~/.aws profiles (docs/s3.md). ``create_bucket=true`` in the query creates the bucket.
 
     ``direct_io_min_bytes``: local transfers at least this large bypass the page cache
     (O_DIRECT); default 1 MiB. ValueError for malformed or unknown URLs.

@@ -55,9 +55,12 @@ def test_put_if_absent_twice_is_file_exists(store: granary.Store) -> None:
     assert "k" in str(info.value)
 
 
-def test_s3_is_not_implemented() -> None:
-    with pytest.raises(NotImplementedError, match="s3"):
-        granary.open("s3://bucket/prefix")
+def test_s3_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="colour"):
+        granary.open("s3://bucket/prefix?colour=blue")
+    # Nothing listens on port 1: UnavailableError naming the endpoint, after the retries.
+    with pytest.raises(granary.UnavailableError, match="127.0.0.1:1"):
+        granary.open("s3://bucket/prefix?endpoint=http://127.0.0.1:1")
 
 
 @pytest.mark.parametrize("url", ["http://example.com/x", "mem://", "file://remotehost/x", ""])

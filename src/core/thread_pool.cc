@@ -1,10 +1,11 @@
 #include "core/thread_pool.h"
 
 #include <pthread.h>
+#include <unistd.h>
 
 namespace granary {
 
-ThreadPool::ThreadPool(size_t num_threads, std::string name) {
+ThreadPool::ThreadPool(size_t num_threads, std::string name) : owner_pid_(::getpid()) {
   if (num_threads == 0) num_threads = 1;
   threads_.reserve(num_threads);
   for (size_t i = 0; i < num_threads; ++i) {
@@ -16,31 +17,37 @@ ThreadPool::ThreadPool(size_t num_threads, std::string name) {
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stopping_ = true;
+  if (::getpid() != owner_pid_) {  // a forked child: see the header
+    for (auto& t : threads_) t.detach();
+    (void)shared_.release();  // deliberately leaked
+    return;
   }
-  cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->stopping = true;
+  }
+  shared_->cv.notify_all();
   for (auto& t : threads_) t.join();
 }
 
 void ThreadPool::Enqueue(std::function<void()> fn) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_back(std::move(fn));
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    shared_->queue.push_back(std::move(fn));
   }
-  cv_.notify_one();
+  shared_->cv.notify_one();
 }
 
 void ThreadPool::WorkerLoop() {
   for (;;) {
     std::function<void()> fn;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stopping_ and drained
-      fn = std::move(queue_.front());
-      queue_.pop_front();
+      Shared& s = *shared_;
+      std::unique_lock<std::mutex> lock(s.mu);
+      s.cv.wait(lock, [&s] { return s.stopping || !s.queue.empty(); });
+      if (s.queue.empty()) return;  // stopping and drained
+      fn = std::move(s.queue.front());
+      s.queue.pop_front();
     }
     fn();
   }

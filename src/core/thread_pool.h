@@ -1,7 +1,10 @@
 // A fixed-size pool of native threads running queued tasks in FIFO order.
 //
 // Thread-safe: Submit may be called from any thread, including from a task. The destructor
-// finishes every task already queued, then joins the threads. std::future is granary's one
+// finishes every task already queued, then joins the threads. Fork-safe to destroy: in a forked
+// child (a DataLoader worker collecting its parent's objects) the threads do not exist, so the
+// destructor only lets go of the handles and the queue state (a condition variable with the
+// parent's waiters recorded in it cannot be destroyed); the pool is unusable there. std::future is granary's one
 // async vocabulary: Submit returns one.
 #ifndef GRANARY_CORE_THREAD_POOL_H_
 #define GRANARY_CORE_THREAD_POOL_H_
@@ -44,13 +47,17 @@ class ThreadPool {
   void Enqueue(std::function<void()> fn);
 
  private:
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<std::function<void()>> queue;  // GUARDED_BY(mu)
+    bool stopping = false;                    // GUARDED_BY(mu)
+  };
   void WorkerLoop();
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> queue_;  // GUARDED_BY(mu_)
-  bool stopping_ = false;                    // GUARDED_BY(mu_)
+  std::unique_ptr<Shared> shared_ = std::make_unique<Shared>();
   std::vector<std::thread> threads_;
+  const int owner_pid_;
 };
 
 }  // namespace granary

@@ -8,6 +8,7 @@
 #include "granary/io.h"
 #include "store/local/local_store.h"
 #include "store/memory/memory_store.h"
+#include "store/s3/s3_store.h"
 #include "store/url.h"
 
 namespace granary {
@@ -129,7 +130,7 @@ Result<std::unique_ptr<ObjectStore>> OpenStore(std::string_view url,
     case UrlScheme::kMemory:
       return OpenMemoryStore(parsed.location);
     case UrlScheme::kS3:
-      return UnimplementedError("s3:// stores are not built yet (S3 driver pending)");
+      return s3::OpenS3Store(parsed);
   }
   return InvalidArgumentError("store URL '" + std::string(url) + "': unsupported");
 }

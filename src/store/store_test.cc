@@ -77,10 +77,18 @@ TEST(OpenStoreTest, FileUrlsAndPlainPaths) {
   EXPECT_EQ(OpenStore(dir.Join("missing"), no_create).status().code(), StatusCode::kNotFound);
 }
 
-TEST(OpenStoreTest, S3IsNotBuiltYetAndUnknownSchemesAreRejected) {
-  Result<std::unique_ptr<ObjectStore>> s3 = OpenStore("s3://bucket/prefix");
-  EXPECT_EQ(s3.status().code(), StatusCode::kUnimplemented);
-  EXPECT_EQ(s3.status().message(), "s3:// stores are not built yet (S3 driver pending)");
+TEST(OpenStoreTest, S3ErrorsAreClearAndUnknownSchemesAreRejected) {
+  Result<std::unique_ptr<ObjectStore>> bad = OpenStore("s3://bucket/prefix?colour=blue");
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("colour"), std::string::npos) << bad.status().ToString();
+  // Nothing listens on port 1: Unavailable naming the bucket and the endpoint, after retries.
+  Result<std::unique_ptr<ObjectStore>> down =
+      OpenStore("s3://bucket/prefix?endpoint=http://127.0.0.1:1&access_key_id=a&secret_access_key=b");
+  EXPECT_EQ(down.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(down.status().message().find("s3://bucket"), std::string::npos)
+      << down.status().ToString();
+  EXPECT_NE(down.status().message().find("http://127.0.0.1:1"), std::string::npos)
+      << down.status().ToString();
   Result<std::unique_ptr<ObjectStore>> http = OpenStore("http://example.com/x");
   EXPECT_EQ(http.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(http.status().message().find("http://example.com/x"), std::string::npos);

@@ -92,14 +92,15 @@ Result<S3Settings> ResolveS3Settings(const StoreUrl& url, const Environment& env
 
   std::map<std::string, std::string> q;
   for (const auto& [k, v] : url.query) {
-    static const char* kKnown[] = {"endpoint", "region", "profile", "addressing",
-                                   "access_key_id", "secret_access_key", "session_token"};
+    static const char* kKnown[] = {"endpoint",      "region",           "profile",
+                                   "addressing",    "access_key_id",    "secret_access_key",
+                                   "session_token", "create_bucket"};
     bool known = false;
     for (const char* k2 : kKnown) known |= k == k2;
     if (!known) {
       return bad("unknown parameter '" + k +
                  "' (known: endpoint, region, profile, addressing, access_key_id, "
-                 "secret_access_key, session_token)");
+                 "secret_access_key, session_token, create_bucket)");
     }
     q[k] = UriDecode(v);
   }
@@ -111,6 +112,14 @@ Result<S3Settings> ResolveS3Settings(const StoreUrl& url, const Environment& env
     }
     return std::nullopt;
   };
+
+  if (auto it = q.find("create_bucket"); it != q.end()) {
+    if (it->second == "true" || it->second == "1") {
+      s.create_bucket = true;
+    } else if (it->second != "false" && it->second != "0") {
+      return bad("create_bucket must be true or false, not '" + it->second + "'");
+    }
+  }
 
   // The profile's two files.
   std::optional<std::string> chosen = from("profile", {"AWS_PROFILE"});

@@ -4,6 +4,7 @@
 //
 //   1. the URL's query: s3://bucket/prefix?endpoint=http://127.0.0.1:7480&region=us-east-1
 //      &profile=NAME&addressing=path|virtual&access_key_id=..&secret_access_key=..
+//      &create_bucket=true
 //   2. environment: AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_REGION, AWS_DEFAULT_REGION,
 //      AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE
 //   3. the profile (AWS_PROFILE, else "default") in AWS_SHARED_CREDENTIALS_FILE
@@ -41,6 +42,9 @@ struct S3Settings {
   bool path_style = true;
   Credentials credentials;  // empty access key: anonymous
   std::string profile;      // the profile consulted ("default" unless chosen)
+  // URL create_bucket=true: create the bucket at open when it does not exist. Off by default:
+  // on shared object storage buckets are usually made by an administrator, with a policy.
+  bool create_bucket = false;
 };
 
 // What the resolution reads besides the URL; tests supply their own.
