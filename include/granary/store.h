@@ -33,6 +33,7 @@
 #include <string_view>
 #include <vector>
 
+#include "granary/cache.h"
 #include "granary/io.h"
 #include "granary/status.h"
 
@@ -175,6 +176,11 @@ struct StoreOptions {
   size_t direct_io_min_bytes = 1u << 20;
   // LocalStore: create the root directory if missing. Default: true.
   bool create_if_missing = true;
+  // S3Store: the node-local cache (granary/cache.h). Unset fields are filled from the URL query
+  // (cache_dir, cache_bytes, ram_cache_bytes, cache_page_bytes, cache_revalidate_seconds) and
+  // then the environment (GRANARY_CACHE_DIR, GRANARY_CACHE_BYTES, GRANARY_RAM_CACHE_BYTES).
+  // Default: no cache.
+  CacheOptions cache;
   Status Validate() const;
 };
 

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "granary/io.h"
+#include "store/cache/cached_store.h"
 #include "store/local/local_store.h"
 #include "store/memory/memory_store.h"
 #include "store/s3/s3_store.h"
@@ -129,8 +130,14 @@ Result<std::unique_ptr<ObjectStore>> OpenStore(std::string_view url,
       return NewLocalStore(std::move(parsed.location), options);
     case UrlScheme::kMemory:
       return OpenMemoryStore(parsed.location);
-    case UrlScheme::kS3:
-      return s3::OpenS3Store(parsed);
+    case UrlScheme::kS3: {
+      GRANARY_ASSIGN_OR_RETURN(CacheOptions cache,
+                               ResolveCacheOptions(options.cache, &parsed.query));
+      GRANARY_ASSIGN_OR_RETURN(std::unique_ptr<ObjectStore> s3, s3::OpenS3Store(parsed));
+      if (!cache.enabled()) return s3;
+      auto* source = dynamic_cast<CacheSource*>(s3.get());
+      return NewCachedStore(std::move(s3), source, cache);
+    }
   }
   return InvalidArgumentError("store URL '" + std::string(url) + "': unsupported");
 }

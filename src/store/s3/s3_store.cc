@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "store/cache/cache_source.h"
 #include "store/s3/s3_writer.h"
 #include "store/s3/s3_xml.h"
 
@@ -57,7 +58,7 @@ int64_t RangeStart(std::string_view content_range) {
 // S3's longest key.
 constexpr size_t kMaxS3KeyBytes = 1024;
 
-class S3Store final : public ObjectStore {
+class S3Store final : public ObjectStore, public CacheSource {
  public:
   S3Store(std::shared_ptr<Transport> transport, std::string url, std::string prefix)
       : transport_(std::move(transport)),
@@ -68,14 +69,14 @@ class S3Store final : public ObjectStore {
 
   Result<ObjectInfo> Stat(std::string_view key) override {
     GRANARY_RETURN_IF_ERROR(CheckKey(key));
-    Call call = Head(key);
+    Call call = HeadCall(key);
     transport_->Run(call);
     return InfoOf(key, call);
   }
 
   Result<size_t> Get(std::string_view key, uint64_t offset, std::span<std::byte> dest) override {
     GRANARY_RETURN_IF_ERROR(CheckKey(key));
-    Call call = dest.empty() ? Head(key) : RangedGet(key, offset, dest);
+    Call call = dest.empty() ? HeadCall(key) : RangedGet(key, offset, dest);
     transport_->Run(call);
     return BytesOf(call, offset);
   }
@@ -89,7 +90,7 @@ class S3Store final : public ObjectStore {
       op.bytes_read = 0;
       op.status = CheckKey(op.key);
       if (!op.status.ok()) continue;
-      calls.push_back(op.dest.empty() ? Head(op.key) : RangedGet(op.key, op.offset, op.dest));
+      calls.push_back(op.dest.empty() ? HeadCall(op.key) : RangedGet(op.key, op.offset, op.dest));
       index.push_back(i);
     }
     transport_->RunAll(calls);
@@ -117,7 +118,7 @@ class S3Store final : public ObjectStore {
     if (!conditional_put_enforced_) {
       // Documented fallback for servers that ignore If-None-Match: not safe against racing
       // creators.
-      Call head = Head(key);
+      Call head = HeadCall(key);
       transport_->Run(head);
       if (head.response.ok()) return Exists(key);
       if (head.response.status != 404) return transport_->StatusOf(head);
@@ -146,7 +147,7 @@ class S3Store final : public ObjectStore {
 
   Status Delete(std::string_view key) override {
     GRANARY_RETURN_IF_ERROR(CheckKey(key));
-    Call head = Head(key);
+    Call head = HeadCall(key);
     transport_->Run(head);
     GRANARY_RETURN_IF_ERROR(transport_->StatusOf(head));
     Call call;
@@ -192,6 +193,46 @@ class S3Store final : public ObjectStore {
     }
   }
 
+  // CacheSource.
+  std::string cache_identity() const override {
+    const S3Settings& s = transport_->settings();
+    return s.scheme + "://" + s.host + "/" + s.bucket + "/" + prefix_with_slash_;
+  }
+
+  Result<SourceObject> Head(std::string_view key) override {
+    GRANARY_RETURN_IF_ERROR(CheckKey(key));
+    Call call = HeadCall(key);
+    transport_->Run(call);
+    GRANARY_ASSIGN_OR_RETURN(ObjectInfo info, InfoOf(key, call));
+    if (call.response.etag.empty()) {
+      return DataLossError(transport_->Describe(call.request.key) + ": HEAD answered without an ETag");
+    }
+    return SourceObject{info.size_bytes, call.response.etag};
+  }
+
+  Status ReadPinned(std::span<PinnedRead> reads) override {
+    std::vector<Call> calls;
+    calls.reserve(reads.size());
+    for (PinnedRead& r : reads) {
+      calls.push_back(RangedGet(r.key, r.offset, r.dest));
+      calls.back().request.headers.emplace_back("if-match", "\"" + r.etag + "\"");
+    }
+    transport_->RunAll(calls);
+    for (size_t i = 0; i < reads.size(); ++i) {
+      PinnedRead& r = reads[i];
+      r.bytes_read = 0;
+      if (calls[i].response.curl_code == CURLE_OK && calls[i].response.status == 412) {
+        r.status = FailedPreconditionError(transport_->Describe(calls[i].request.key) +
+                                           ": replaced (no longer ETag " + r.etag + ")");
+        continue;
+      }
+      Result<size_t> n = BytesOf(calls[i], r.offset);
+      r.status = n.status();
+      if (n.ok()) r.bytes_read = *n;
+    }
+    return Status::OK();
+  }
+
   bool conditional_put_enforced_ = true;
 
   // Creates the bucket if asked, checks it exists, probes conditional PUTs.
@@ -232,7 +273,7 @@ class S3Store final : public ObjectStore {
     return Status::OK();
   }
 
-  Call Head(std::string_view key) const {
+  Call HeadCall(std::string_view key) const {
     Call call;
     call.request.method = "HEAD";
     call.request.key = FullKey(key);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/testing/test_util.h"
+#include "granary/cache.h"
 #include "granary/store.h"
 #include "store/s3/s3_store.h"
 #include "store/s3/s3_test_env.h"
@@ -147,6 +148,33 @@ TEST_F(S3StoreTest, ManyRangedReadsInFlightLandInTheirBuffers) {
     ASSERT_EQ(ops[i].bytes_read, want.size()) << i;
     EXPECT_EQ(bufs[i].substr(0, want.size()), want) << i;
   }
+}
+
+TEST_F(S3StoreTest, NodeCacheServesRepeatReadsAndNeverAReplacedObject) {
+  granary::testing::ScratchDir dir("s3cache");
+  const std::string url = TestS3Url(kBucket, prefix_) + "&cache_dir=" + dir.Join("c") +
+                          "&ram_cache_bytes=8M&cache_page_bytes=1M&cache_revalidate_seconds=0";
+  GRANARY_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ObjectStore> cached, OpenStore(url));
+  const std::string v1 = Payload(11, (3u << 20) + 5), v2 = Payload(12, 2u << 20);
+  GRANARY_ASSERT_OK(store_->Put("obj", v1));
+  EXPECT_TRUE(cached->GetAll("obj").value_or("") == v1);
+  EXPECT_TRUE(cached->GetAll("obj").value_or("") == v1);
+  GRANARY_ASSERT_OK_AND_ASSIGN(CacheStats s, GetCacheStats(*cached));
+  EXPECT_EQ(s.misses, 4u);
+  EXPECT_EQ(s.miss_bytes, v1.size());
+  EXPECT_EQ(s.ram_hits, 4u);
+  // Another node replaces the object: the next read sees the new version only.
+  GRANARY_ASSERT_OK(store_->Put("obj", v2));
+  EXPECT_TRUE(cached->GetAll("obj").value_or("") == v2);
+  EXPECT_EQ(GetCacheStats(*cached).value().stale, 1u);
+  // A restart finds the pages on disk.
+  cached.reset();
+  GRANARY_ASSERT_OK_AND_ASSIGN(cached, OpenStore(url));
+  EXPECT_TRUE(cached->GetAll("obj").value_or("") == v2);
+  s = GetCacheStats(*cached).value();
+  EXPECT_EQ(s.misses, 0u);
+  EXPECT_EQ(s.disk_hits, 2u);
+  EXPECT_EQ(GetCacheStats(*store_).status().code(), StatusCode::kFailedPrecondition);
 }
 
 }  // namespace
