@@ -317,13 +317,18 @@ def save(tensors: Mapping[str, torch.Tensor], url: str | os.PathLike,
         meta.append((k, v))
     _check_no_sharing(tensors)
     raw = [_raw(name, t) for name, t in tensors.items()]
-    url = os.fspath(url)
-    if url.endswith(".safetensors"):
+    # A store URL's query (s3://b/p?endpoint=...) configures the store: it goes with the
+    # store's URL, and each returned URL carries it again. Paths may contain "?".
+    base, query = os.fspath(url), ""
+    if "://" in base and not base.startswith("file://") and "?" in base:
+        base, query = base.split("?", 1)
+        query = "?" + query
+    if base.endswith(".safetensors"):
         if shard_bytes is not None:
             raise ValueError("shard_bytes needs a directory url, not a .safetensors file")
-        store, key = _split_url(url)
-        _core.save_safetensors(store, key, raw, meta)
-        return [url]
+        store, key = _split_url(base)
+        _core.save_safetensors(store + query, key, raw, meta)
+        return [base + query]
     if shard_bytes is not None and shard_bytes <= 0:
         raise ValueError("shard_bytes must be positive")
     shards: list[list] = [[]]
@@ -335,25 +340,25 @@ def save(tensors: Mapping[str, torch.Tensor], url: str | os.PathLike,
             size = 0
         shards[-1].append(item)
         size += nbytes
-    dir_url = url.rstrip("/") or "/"
+    dir_url = base.rstrip("/") or "/"
     if len(shards) == 1:
-        _core.save_safetensors(dir_url, "model.safetensors", shards[0], meta)
-        return [f"{dir_url}/model.safetensors"]
+        _core.save_safetensors(dir_url + query, "model.safetensors", shards[0], meta)
+        return [f"{dir_url}/model.safetensors{query}"]
     n = len(shards)
     weight_map: dict[str, str] = {}
     written = []
     total = 0
     for i, shard in enumerate(shards, 1):
         key = f"model-{i:05d}-of-{n:05d}.safetensors"
-        _core.save_safetensors(dir_url, key, shard, meta)
-        written.append(f"{dir_url}/{key}")
+        _core.save_safetensors(dir_url + query, key, shard, meta)
+        written.append(f"{dir_url}/{key}{query}")
         for item in shard:
             weight_map[item[0]] = key
             total += len(memoryview(item[3]).cast("B"))
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     from .store import open as open_store
 
-    open_store(dir_url).put("model.safetensors.index.json",
-                            (json.dumps(index, indent=2) + "\n").encode())
-    written.append(f"{dir_url}/model.safetensors.index.json")
+    open_store(dir_url + query).put("model.safetensors.index.json",
+                                    (json.dumps(index, indent=2) + "\n").encode())
+    written.append(f"{dir_url}/model.safetensors.index.json{query}")
     return written

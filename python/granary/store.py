@@ -172,6 +172,13 @@ class Store:
         """Releases the store. Writers still open keep working; other calls raise ValueError."""
         self._core.close()
 
+    def cache_stats(self) -> Optional[dict]:
+        """Hits, misses and bytes by tier of the node-local cache (``ram_hits``,
+        ``ram_hit_bytes``, ``disk_hits``, ``disk_hit_bytes``, ``misses``, ``miss_bytes``,
+        ``waits``, ``evictions``, ``damaged``, ``stale``, ``ram_bytes``, ``disk_bytes``) since
+        the store was opened; None for a store opened without a cache."""
+        return self._core.cache_stats()
+
     def __enter__(self) -> "Store":
         return self
 
@@ -286,6 +293,9 @@ def open(  # noqa: A001 - granary.open(url) mirrors the builtin on purpose
     *,
     direct_io_min_bytes: Optional[int] = None,
     create_if_missing: bool = True,
+    cache_dir: Optional[StrPath] = None,
+    cache_bytes: Optional[Union[int, str]] = None,
+    ram_cache_bytes: Optional[Union[int, str]] = None,
 ) -> Store:
     """Opens the store ``url`` names.
 
@@ -298,8 +308,42 @@ def open(  # noqa: A001 - granary.open(url) mirrors the builtin on purpose
 
     ``direct_io_min_bytes``: local transfers at least this large bypass the page cache
     (O_DIRECT); default 1 MiB. ValueError for malformed or unknown URLs.
+
+    ``cache_dir``, ``cache_bytes`` (default 64 GiB), ``ram_cache_bytes``: the node-local read
+    cache of an s3:// store (docs/s3.md): pages kept on local disk under ``cache_dir`` and in
+    RAM. Sizes are ints or strings like ``"200G"``. The same options work as URL query
+    parameters (``?cache_dir=/nvme/c&cache_bytes=200G``), so every API that takes a URL accepts
+    them, and as the environment variables GRANARY_CACHE_DIR, GRANARY_CACHE_BYTES,
+    GRANARY_RAM_CACHE_BYTES. ``Store.cache_stats()`` reports hits and misses by tier.
     """
     url = os.fsdecode(os.fspath(url))
     if direct_io_min_bytes is not None:
         direct_io_min_bytes = _offset(direct_io_min_bytes, "direct_io_min_bytes")
-    return Store(_core.open(url, direct_io_min_bytes, bool(create_if_missing)))
+    return Store(
+        _core.open(
+            url,
+            direct_io_min_bytes,
+            bool(create_if_missing),
+            None if cache_dir is None else os.fsdecode(os.fspath(cache_dir)),
+            _size(cache_bytes, "cache_bytes"),
+            _size(ram_cache_bytes, "ram_cache_bytes"),
+        )
+    )
+
+
+def _size(value: Optional[Union[int, str]], name: str) -> Optional[int]:
+    """A byte count from an int or a string like "200G" (binary units); None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+        number = text.rstrip("bBiIkKmMgGtT")
+        unit = text[len(number):].lower().rstrip("b").rstrip("i")
+        if unit not in units:
+            raise ValueError(f"{name}: {value!r} is not a byte size (e.g. 200G, 512M)")
+        try:
+            return int(float(number) * units[unit])
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not a byte size (e.g. 200G, 512M)") from None
+    return _offset(value, name)

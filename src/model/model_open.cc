@@ -44,12 +44,13 @@ Result<std::shared_ptr<ObjectStore>> OpenAt(std::string_view url, const ModelOpt
   return std::shared_ptr<ObjectStore>(std::move(store));
 }
 
-// A source naming one object: a .safetensors file or an index JSON.
+// A source naming one object: a .safetensors file or an index JSON. `display` names `dir` in
+// messages (a store URL without its query, which may hold credentials).
 Result<Location> ObjectLocation(std::string_view dir, std::string_view key,
-                                const ModelOptions& options) {
+                                const ModelOptions& options, std::string_view display) {
   Location loc;
   GRANARY_ASSIGN_OR_RETURN(loc.store, OpenAt(dir.empty() ? "." : dir, options));
-  loc.display = std::string(dir);
+  loc.display = std::string(display);
   if (key.ends_with(".json")) {
     loc.index_key = std::string(key);
   } else {
@@ -59,10 +60,11 @@ Result<Location> ObjectLocation(std::string_view dir, std::string_view key,
 }
 
 // A source naming a directory or a store: its index if it has one, else its safetensors files.
-Result<Location> DirectoryLocation(std::string_view url, const ModelOptions& options) {
+Result<Location> DirectoryLocation(std::string_view url, const ModelOptions& options,
+                                   std::string_view display) {
   Location loc;
   GRANARY_ASSIGN_OR_RETURN(loc.store, OpenAt(url, options));
-  loc.display = std::string(url);
+  loc.display = std::string(display);
   GRANARY_ASSIGN_OR_RETURN(std::vector<ObjectInfo> objects, loc.store->List(""));
   std::vector<std::string> indexes;
   for (const ObjectInfo& o : objects) {
@@ -75,7 +77,7 @@ Result<Location> DirectoryLocation(std::string_view url, const ModelOptions& opt
   } else if (std::find(indexes.begin(), indexes.end(), kDefaultIndex) != indexes.end()) {
     loc.index_key = std::string(kDefaultIndex);
   } else if (indexes.size() > 1) {
-    return InvalidArgumentError("model directory " + std::string(url) + " holds " +
+    return InvalidArgumentError("model directory " + std::string(display) + " holds " +
                                 std::to_string(indexes.size()) +
                                 " index files and none is " + std::string(kDefaultIndex) +
                                 "; name the index to load");
@@ -83,8 +85,8 @@ Result<Location> DirectoryLocation(std::string_view url, const ModelOptions& opt
   if (!loc.index_key.empty()) {
     loc.keys.clear();
   } else if (loc.keys.empty()) {
-    return NotFoundError("model directory " + std::string(url) + ": no " + std::string(kSuffix) +
-                         " files and no index");
+    return NotFoundError("model directory " + std::string(display) + ": no " +
+                         std::string(kSuffix) + " files and no index");
   }
   return loc;
 }
@@ -99,26 +101,33 @@ Result<Location> Locate(const std::string& source, const ModelOptions& options) 
     path = source;
   }
   if (path.empty()) {
-    // A store URL: an object if the name says so, else a directory-like prefix.
-    if (source.ends_with(kSuffix) || source.ends_with(".json")) {
-      size_t slash = source.rfind('/');
-      if (slash == std::string::npos || source.find("://") + 2 >= slash) {
-        return InvalidArgumentError("model source " + source +
+    // A store URL: an object if the name says so, else a directory-like prefix. A query
+    // (s3://b/p/m.safetensors?endpoint=...) configures the store, so it stays with the
+    // directory part and is left out of names in messages.
+    const size_t query_at = std::min(source.find('?'), source.size());
+    const std::string base = source.substr(0, query_at);
+    const std::string query = source.substr(query_at);
+    if (base.ends_with(kSuffix) || base.ends_with(".json")) {
+      size_t slash = base.rfind('/');
+      if (slash == std::string::npos || base.find("://") + 2 >= slash) {
+        return InvalidArgumentError("model source " + base +
                                     ": a store URL naming a file needs a directory part");
       }
-      return ObjectLocation(source.substr(0, slash), source.substr(slash + 1), options);
+      return ObjectLocation(base.substr(0, slash) + query, base.substr(slash + 1), options,
+                            base.substr(0, slash));
     }
-    return DirectoryLocation(source, options);
+    return DirectoryLocation(source, options, base);
   }
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     return NotFoundError("model source " + source + ": no such file or directory");
   }
-  if (S_ISDIR(st.st_mode)) return DirectoryLocation(path, options);
+  if (S_ISDIR(st.st_mode)) return DirectoryLocation(path, options, path);
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   if (dir.empty()) dir = "/";
-  return ObjectLocation(dir, slash == std::string::npos ? path : path.substr(slash + 1), options);
+  return ObjectLocation(dir, slash == std::string::npos ? path : path.substr(slash + 1), options,
+                        dir);
 }
 
 // Reads [offset, offset + dest.size()) of a file; fewer bytes only at its end.

@@ -1,7 +1,9 @@
 #include "status_py.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <string>
+#include <string_view>
 
 namespace granary::python {
 namespace {
@@ -50,6 +52,23 @@ ExceptionSpec SpecFor(const Status& status, OutOfRangeAs out_of_range) {
   }
 }
 
+// `text` with the values of secret_access_key= and session_token= (store URL query parameters,
+// docs/s3.md) replaced, so an exception naming the URL a user passed never shows a secret.
+std::string RedactSecrets(std::string text) {
+  static constexpr std::string_view kSecrets[] = {"secret_access_key=", "session_token="};
+  static constexpr std::string_view kRedacted = "<redacted>";
+  for (std::string_view param : kSecrets) {
+    for (size_t at = text.find(param); at != std::string::npos; at = text.find(param, at)) {
+      const size_t value = at + param.size();
+      // A value ends where the URL's next parameter or the message's text begins.
+      const size_t end = std::min(text.find_first_of("&#:,;'\" \t\n)", value), text.size());
+      text.replace(value, end - value, kRedacted);
+      at = value + kRedacted.size();
+    }
+  }
+  return text;
+}
+
 }  // namespace
 
 void InitErrors(py::module_& m) {
@@ -92,6 +111,9 @@ void ThrowStatus(const Status& status, std::string_view name, OutOfRangeAs out_o
   if (!name.empty() && message.find(name) == std::string::npos) {
     message = std::string(name) + ": " + message;
   }
+  message = RedactSecrets(std::move(message));
+  const std::string safe_name = RedactSecrets(std::string(name));
+  name = safe_name;
   if (spec.code_in_message) message = std::string(StatusCodeName(status.code())) + ": " + message;
 
   py::str py_message = KeyToPython(message);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "buffer_py.h"
+#include "granary/cache.h"
 #include "granary/store.h"
 #include "status_py.h"
 
@@ -157,10 +158,15 @@ class PyWriter {
 };
 
 std::shared_ptr<PyStore> Open(const std::string& url, std::optional<uint64_t> direct_io_min_bytes,
-                              bool create_if_missing) {
+                              bool create_if_missing, std::optional<std::string> cache_dir,
+                              std::optional<uint64_t> cache_bytes,
+                              std::optional<uint64_t> ram_cache_bytes) {
   StoreOptions options;
   if (direct_io_min_bytes) options.direct_io_min_bytes = *direct_io_min_bytes;
   options.create_if_missing = create_if_missing;
+  if (cache_dir) options.cache.dir = *cache_dir;
+  if (cache_bytes) options.cache.disk_bytes = *cache_bytes;
+  if (ram_cache_bytes) options.cache.ram_bytes = *ram_cache_bytes;
   Result<std::unique_ptr<ObjectStore>> store = InvalidArgumentError("unset");
   {
     py::gil_scoped_release release;
@@ -360,6 +366,71 @@ std::unique_ptr<PyWriter> NewWriter(const PyStore& self, py::handle py_key, size
   return std::make_unique<PyWriter>(std::move(store), std::move(writer).value(), key);
 }
 
+py::dict StatsToPython(const CacheStats& s) {
+  py::dict d;
+  d["ram_hits"] = s.ram_hits;
+  d["ram_hit_bytes"] = s.ram_hit_bytes;
+  d["disk_hits"] = s.disk_hits;
+  d["disk_hit_bytes"] = s.disk_hit_bytes;
+  d["misses"] = s.misses;
+  d["miss_bytes"] = s.miss_bytes;
+  d["waits"] = s.waits;
+  d["evictions"] = s.evictions;
+  d["evicted_bytes"] = s.evicted_bytes;
+  d["damaged"] = s.damaged;
+  d["stale"] = s.stale;
+  d["ram_bytes"] = s.ram_bytes;
+  d["disk_bytes"] = s.disk_bytes;
+  return d;
+}
+
+// The cache counters of a store opened with a cache; None without one.
+py::object CacheStatsOf(const PyStore& self) {
+  std::shared_ptr<ObjectStore> store = self.Use();
+  Result<CacheStats> stats = GetCacheStats(*store);
+  if (!stats.ok()) return py::none();
+  return StatsToPython(*stats);
+}
+
+py::dict InspectCacheDir(const std::string& dir) {
+  Result<CacheDirInfo> info = NotFoundError("unset");
+  {
+    py::gil_scoped_release release;
+    info = InspectCache(dir);
+  }
+  if (!info.ok()) ThrowStatus(info.status(), dir);
+  py::dict d = StatsToPython(info->totals);
+  d["pages"] = info->pages;
+  d["bytes"] = info->bytes;
+  d["objects"] = info->objects;
+  d["free_disk_bytes"] = info->free_disk_bytes;
+  return d;
+}
+
+uint64_t EvictCacheDir(const std::string& dir, uint64_t keep_bytes) {
+  Result<uint64_t> removed = NotFoundError("unset");
+  {
+    py::gil_scoped_release release;
+    removed = EvictCache(dir, keep_bytes);
+  }
+  if (!removed.ok()) ThrowStatus(removed.status(), dir);
+  return *removed;
+}
+
+py::dict VerifyCacheDir(const std::string& dir) {
+  Result<CacheVerifyReport> report = NotFoundError("unset");
+  {
+    py::gil_scoped_release release;
+    report = VerifyCache(dir);
+  }
+  if (!report.ok()) ThrowStatus(report.status(), dir);
+  py::dict d;
+  d["pages"] = report->pages;
+  d["bytes"] = report->bytes;
+  d["removed"] = report->removed;
+  return d;
+}
+
 }  // namespace
 
 void RegisterStore(py::module_& m) {
@@ -370,6 +441,7 @@ void RegisterStore(py::module_& m) {
       .def_property_readonly("url", &PyStore::url)
       .def_property_readonly("closed", &PyStore::closed)
       .def("close", &PyStore::Close)
+      .def("cache_stats", &CacheStatsOf)
       .def("stat", &Stat, py::arg("key"))
       .def("exists", &Exists, py::arg("key"))
       .def("get", &Get, py::arg("key"), py::arg("offset") = 0, py::arg("length") = py::none())
@@ -396,7 +468,12 @@ void RegisterStore(py::module_& m) {
       .def("abort", &PyWriter::Abort);
 
   m.def("open", &Open, py::arg("url"), py::arg("direct_io_min_bytes") = py::none(),
-        py::arg("create_if_missing") = store_defaults.create_if_missing);
+        py::arg("create_if_missing") = store_defaults.create_if_missing,
+        py::arg("cache_dir") = py::none(), py::arg("cache_bytes") = py::none(),
+        py::arg("ram_cache_bytes") = py::none());
+  m.def("cache_inspect", &InspectCacheDir, py::arg("dir"));
+  m.def("cache_evict", &EvictCacheDir, py::arg("dir"), py::arg("keep_bytes"));
+  m.def("cache_verify", &VerifyCacheDir, py::arg("dir"));
   m.attr("DEFAULT_PART_BYTES") = writer_defaults.part_bytes;
   m.attr("DEFAULT_MAX_PARTS_IN_FLIGHT") = writer_defaults.max_parts_in_flight;
   m.attr("DEFAULT_DIRECT_IO_MIN_BYTES") = store_defaults.direct_io_min_bytes;

@@ -67,6 +67,11 @@ int RunPack(int argc, char** argv);
 // "model".
 int RunModel(int argc, char** argv);
 
+// `granary warm URL [PREFIX]` and `granary cache stat|evict|verify [DIR]` (cache_commands.cc):
+// fill and look after the node-local cache.
+int RunWarm(int argc, char** argv);
+int RunCache(int argc, char** argv);
+
 }  // namespace granary::cli
 
 #endif  // GRANARY_TOOLS_GRANARY_CLI_H_

@@ -44,6 +44,8 @@ constexpr Command kCommands[] = {
     {"ckpt", "list, show, verify and garbage-collect checkpoints", RunCkpt},
     {"pack", "pack files, WebDataset tars or JSONL into a dataset", RunPack},
     {"model", "inspect safetensors models and benchmark loading them", RunModel},
+    {"warm", "fill the node-local cache with the objects under a prefix", RunWarm},
+    {"cache", "stat, evict or verify a node-local cache directory", RunCache},
     {"doctor", "measure what this machine's disk and memory can do", RunDoctorCommand},
     {"version", "print the version", RunVersion},
 };
@@ -62,8 +64,8 @@ void PrintToolHelp() {
       "  granary put  file:///data/store runs/a.bin ./a.bin\n"
       "  granary cat  /data/store runs/a.bin > a.bin\n"
       "  granary ls   /data/store runs/ --long\n"
-      "STORE is a URL: file:///abs/dir, a plain directory path, or mem://name (this process\n"
-      "only). KEYs are '/'-separated, like a relative path (\"runs/exp1/rank0.bin\").\n"
+      "STORE is a URL: file:///abs/dir, a plain directory path, s3://bucket/prefix (docs/s3.md),\n"
+      "or mem://name (this process only). KEYs are '/'-separated, like a relative path (\"runs/exp1/rank0.bin\").\n"
       "\n"
       "'granary <command> --help' describes a command. Errors print one line on stderr and\n"
       "exit 1 (2 for usage errors).\n");

@@ -80,8 +80,16 @@ Environment Environment::Process() {
   return env;
 }
 
+std::string RedactedUrl(const StoreUrl& url) {
+  StoreUrl shown = url;
+  std::erase_if(shown.query, [](const auto& kv) {
+    return kv.first == "secret_access_key" || kv.first == "session_token";
+  });
+  return shown.ToString();
+}
+
 Result<S3Settings> ResolveS3Settings(const StoreUrl& url, const Environment& env) {
-  const std::string name = url.ToString();
+  const std::string name = RedactedUrl(url);
   auto bad = [&](const std::string& why) {
     return InvalidArgumentError("S3 URL " + name + ": " + why);
   };

@@ -61,6 +61,9 @@ struct Environment {
 // neither file; InvalidArgument when only one of access key and secret is found.
 Result<S3Settings> ResolveS3Settings(const StoreUrl& url, const Environment& env);
 
+// The URL for messages and url(): secret_access_key and session_token dropped.
+std::string RedactedUrl(const StoreUrl& url);
+
 // INI as the AWS files write it: "[section]", "key = value", '#'/';' comments, and indented
 // "key = value" lines under a "name =" line stored as "name.key". Sections map to their keys.
 std::map<std::string, std::map<std::string, std::string>> ParseAwsIni(std::string_view text);

@@ -86,6 +86,12 @@ TEST(S3ConfigTest, ErrorsNameTheProblem) {
   EXPECT_NE(s.message().find("nope"), std::string::npos) << s.ToString();
   env.vars = {{"AWS_ACCESS_KEY_ID", "only-the-id"}};
   EXPECT_EQ(Resolve("s3://b", env).status().code(), StatusCode::kInvalidArgument);
+  // Errors never show a secret from the URL.
+  env.vars = {};
+  s = Resolve("s3://b?secret_access_key=hush&session_token=tok", env).status();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(s.message().find("hush"), std::string::npos) << s.ToString();
+  EXPECT_EQ(s.message().find("tok"), std::string::npos) << s.ToString();
 }
 
 TEST(S3ConfigTest, IniParsing) {

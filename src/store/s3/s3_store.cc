@@ -387,15 +387,6 @@ class S3Store final : public ObjectStore, public CacheSource {
   const std::string prefix_with_slash_;  // "" or "prefix/"
 };
 
-// The URL as url() shows it: secrets dropped (they belong in the environment or a profile).
-std::string RedactedUrl(const StoreUrl& url) {
-  StoreUrl shown = url;
-  std::erase_if(shown.query, [](const auto& kv) {
-    return kv.first == "secret_access_key" || kv.first == "session_token";
-  });
-  return shown.ToString();
-}
-
 }  // namespace
 
 Result<std::unique_ptr<ObjectStore>> NewS3Store(S3Settings settings,
