@@ -67,7 +67,7 @@ test-cpp: build $(STAMPS)/venv
 test-py: install-py
 	OMP_NUM_THREADS=2 $(VPY) -m pytest -q -p no:cacheprovider --timeout=900 python/tests bench/test_harness.py \
 	  bench/test_checkpoint_bench.py bench/test_dataset_bench.py \
-	  bench/test_model_bench.py
+	  bench/test_model_bench.py bench/test_s3_bench.py
 
 test-asan: $(STAMPS)/apt $(STAMPS)/venv
 	@test -f $(ASAN_BUILD)/build.ninja || cmake -S . -B $(ASAN_BUILD) -G Ninja \

@@ -6,7 +6,10 @@ plus a training loop that saves while it trains), dataset (dataset_bench.py: gra
 get_batch against one-file-per-sample readers, WebDataset and the disk's random-read ceiling,
 cold; warm get_batch; a 100M-sample index; resume; accelerator utilization), model
 (model_bench.py: loading safetensors and torch.save files with safetensors, torch.load and
-granary.models against the disk's sequential-read and memcpy ceilings, cold and warm).
+granary.models against the disk's sequential-read and memcpy ceilings, cold and warm), s3
+(s3_bench.py: a packed dataset, a model and a checkpoint over S3 against boto3, the loopback
+server's ceiling and the local disk; starts its own Ceph RGW unless GRANARY_TEST_S3_ENDPOINT is
+set).
 
 Usage: run_all.py [--rounds 5] [--quick] [--skip BENCH,...] [--bench BENCH,...] [--dir DIR]
                   [--jsonl FILE] [--granary PATH]
@@ -18,6 +21,9 @@ Usage: run_all.py [--rounds 5] [--quick] [--skip BENCH,...] [--bench BENCH,...] 
                   model: [--model-sizes-gib 2,8] [--model-layouts single,sharded]
                   [--model-cache cold,warm] [--model-contenders ...] [--model-data-dir DIR]
                   (see model_bench.py --help)
+                  s3: [--s3-sections dataset,model,checkpoint] [--s3-dataset-mib 1024]
+                  [--s3-model-gib 1] [--s3-checkpoint-gib 2] [--s3-contenders ...]
+                  (see s3_bench.py --help)
 """
 
 from __future__ import annotations
@@ -36,9 +42,10 @@ import dataset_bench  # noqa: E402
 import doctor_vs_fio  # noqa: E402
 import harness  # noqa: E402
 import model_bench  # noqa: E402
+import s3_bench  # noqa: E402
 
 BENCHES = {"doctor_vs_fio": doctor_vs_fio, "checkpoint": checkpoint_bench,
-           "dataset": dataset_bench, "model": model_bench}
+           "dataset": dataset_bench, "model": model_bench, "s3": s3_bench}
 
 
 def goal(result: dict) -> float:
@@ -55,6 +62,7 @@ def main() -> int:
     checkpoint_bench.add_arguments(parser, standalone=False)
     dataset_bench.add_arguments(parser, standalone=False)
     model_bench.add_arguments(parser, standalone=False)
+    s3_bench.add_arguments(parser, standalone=False)
     parser.add_argument("--jsonl", default=None, help="also append the JSON lines to FILE")
     parser.add_argument("--bench", default=",".join(BENCHES),
                         help=f"benchmarks to run, comma-separated (default: {','.join(BENCHES)})")
@@ -101,6 +109,11 @@ def main() -> int:
         if doctor or ckpt or ds:
             print()
         print(model_bench.markdown_table(models))
+    s3 = [r for r in results if r["bench"].startswith(s3_bench.BENCH + "_")]
+    if s3:
+        if doctor or ckpt or ds or models:
+            print()
+        print(s3_bench.markdown_table(s3))
     low = [r for r in results if r.get("paired_ratio") is not None and not r.get("is_ceiling")
            and r["paired_ratio"] < goal(r)]
     if low:

@@ -117,6 +117,13 @@ class Writer:
         """
         return self._core.write(_torch_bytes(data))
 
+    def flush(self) -> None:
+        """Does nothing: parts are sent as they fill, and only :meth:`commit` publishes. Present
+        so a Writer is a drop-in file object (``torch.save(state, store.writer(key))``)."""
+
+    def writable(self) -> bool:
+        return True
+
     def commit(self) -> None:
         """Makes the whole object visible, atomically and durably. Again after success: no-op."""
         self._core.commit()

@@ -95,3 +95,15 @@ def test_store_closed_while_writer_open(store_url: str) -> None:
     w.write(b"still works")
     w.commit()
     assert granary.open(store_url).get("w/late") == b"still works"
+
+
+def test_writer_is_a_file_object_for_torch_save(store: granary.Store) -> None:
+    torch = pytest.importorskip("torch")
+    import io
+
+    state = {"w": torch.arange(1000, dtype=torch.float32), "step": 7}
+    with store.writer("ckpt.pt") as w:
+        w.flush()  # a no-op, as file objects have
+        torch.save(state, w)
+    got = torch.load(io.BytesIO(store.get("ckpt.pt")))
+    assert torch.equal(got["w"], state["w"]) and got["step"] == 7

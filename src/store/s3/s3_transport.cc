@@ -315,7 +315,8 @@ void Transport::Loop::Finish(Transfer* t, CURLcode code) {
 }
 
 void Transport::Loop::Main() {
-  const int max_in_flight = std::max(1, owner->options_.max_in_flight);
+  const int loops = std::max<int>(1, static_cast<int>(owner->loops_.size()));
+  const int max_in_flight = std::max(1, owner->options_.max_in_flight / loops);
   for (;;) {
     {
       std::lock_guard lock(mu);
@@ -366,33 +367,40 @@ Result<std::unique_ptr<Transport>> Transport::Create(S3Settings settings,
                                                      TransportOptions options) {
   GlobalInit();
   std::unique_ptr<Transport> t(new Transport(std::move(settings), options));
-  t->loop_ = std::make_unique<Loop>();
-  t->loop_->owner = t.get();
-  t->loop_->multi = curl_multi_init();
-  if (t->loop_->multi == nullptr) return InternalError("libcurl: curl_multi_init failed");
-  // Keep as many idle connections as transfers may run at once.
-  curl_multi_setopt(t->loop_->multi, CURLMOPT_MAXCONNECTS,
-                    static_cast<long>(std::max(1, options.max_in_flight)));
-  t->loop_->thread = std::thread([loop = t->loop_.get()] { loop->Main(); });
+  const int loops = std::clamp(options.loops, 1, 64);
+  for (int i = 0; i < loops; ++i) {
+    auto loop = std::make_unique<Loop>();
+    loop->owner = t.get();
+    loop->multi = curl_multi_init();
+    if (loop->multi == nullptr) return InternalError("libcurl: curl_multi_init failed");
+    // Keep as many idle connections as transfers may run at once.
+    curl_multi_setopt(loop->multi, CURLMOPT_MAXCONNECTS,
+                      static_cast<long>(std::max(1, options.max_in_flight / loops)));
+    t->loops_.push_back(std::move(loop));
+  }
+  // Threads start once every loop exists (Main reads loops_.size()).
+  for (auto& loop : t->loops_) loop->thread = std::thread([l = loop.get()] { l->Main(); });
   return t;
 }
 
 Transport::~Transport() {
-  if (::getpid() != loop_->owner_pid) {
-    // A forked child: the loop thread lives only in the parent, and its mutex and curl handles
-    // may be mid-use there. Let go of everything without touching it.
-    loop_->thread.detach();
-    (void)loop_.release();  // deliberately leaked
-    return;
+  for (auto& loop : loops_) {
+    if (::getpid() != loop->owner_pid) {
+      // A forked child: the loop thread lives only in the parent, and its mutex and curl
+      // handles may be mid-use there. Let go of everything without touching it.
+      if (loop->thread.joinable()) loop->thread.detach();
+      (void)loop.release();  // deliberately leaked
+      continue;
+    }
+    {
+      std::lock_guard lock(loop->mu);
+      loop->stopping = true;
+    }
+    curl_multi_wakeup(loop->multi);
+    if (loop->thread.joinable()) loop->thread.join();
+    for (CURL* e : loop->idle_easy) curl_easy_cleanup(e);
+    curl_multi_cleanup(loop->multi);
   }
-  {
-    std::lock_guard lock(loop_->mu);
-    loop_->stopping = true;
-  }
-  curl_multi_wakeup(loop_->multi);
-  loop_->thread.join();
-  for (CURL* e : loop_->idle_easy) curl_easy_cleanup(e);
-  curl_multi_cleanup(loop_->multi);
 }
 
 void Transport::Start(Call* call, std::function<void()> done) {
@@ -400,7 +408,7 @@ void Transport::Start(Call* call, std::function<void()> done) {
   t->call = call;
   t->done = std::move(done);
   call->response = S3Response{};
-  loop_->Submit(t);
+  loops_[next_loop_.fetch_add(1, std::memory_order_relaxed) % loops_.size()]->Submit(t);
 }
 
 void Transport::RunAll(std::span<Call> calls) {

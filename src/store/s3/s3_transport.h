@@ -1,7 +1,7 @@
 // HTTP for the S3 driver: signed requests over libcurl's multi interface, many in flight on
 // kept-alive connections, retried by the policy of s3_retry.h.
 //
-// One Transport per S3Store. It owns one event-loop thread that drives every transfer of the
+// One Transport per S3Store. It owns `loops` event-loop threads that drive the transfers of the
 // store; callers hand it Calls (a request plus the slot for its response) and block until their
 // calls finish (Run, RunAll) or get a callback (Start). Connections stay open between requests
 // (libcurl's connection cache), TCP_NODELAY is set on each (a small request otherwise waits about
@@ -19,6 +19,7 @@
 #ifndef GRANARY_STORE_S3_S3_TRANSPORT_H_
 #define GRANARY_STORE_S3_S3_TRANSPORT_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -37,8 +38,12 @@ namespace granary::s3 {
 
 struct TransportOptions {
   RetryPolicy retry;
-  // Transfers running at once (connections are opened as needed, then kept).
+  // Transfers running at once, over all loops (connections are opened as needed, then kept).
   int max_in_flight = 64;
+  // Event-loop threads. Each drives its own connections and copies its responses into the
+  // callers' buffers; calls are spread over them round-robin, so one core's receive-and-copy
+  // rate does not cap a store's throughput.
+  int loops = 2;
   std::chrono::milliseconds connect_timeout{5000};
   // Bodies up to this size are signed with their SHA-256; larger ones are sent as
   // UNSIGNED-PAYLOAD (hashing 8 MiB parts costs more CPU than it buys on a trusted link; the
@@ -120,7 +125,8 @@ class Transport {
 
   S3Settings settings_;
   TransportOptions options_;
-  std::unique_ptr<Loop> loop_;
+  std::vector<std::unique_ptr<Loop>> loops_;
+  std::atomic<size_t> next_loop_{0};
 };
 
 }  // namespace granary::s3
