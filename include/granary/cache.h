@@ -2,7 +2,9 @@
 //
 // A store opened with cache options (OpenStore(url, {.cache = ...}), or the URL query
 // `cache_dir=/nvme/granary-cache&cache_bytes=200G&ram_cache_bytes=8G`, or the environment
-// GRANARY_CACHE_DIR / GRANARY_CACHE_BYTES / GRANARY_RAM_CACHE_BYTES) reads through a cache of
+// GRANARY_CACHE_DIR / GRANARY_CACHE_BYTES / GRANARY_RAM_CACHE_BYTES, or the [cache] section of
+// the config file $GRANARY_CONFIG or ~/.config/granary/config: `dir`, `bytes`, `ram_bytes`,
+// `page_bytes`, `revalidate_seconds`; first found wins in that order) reads through a cache of
 // immutable pages:
 //
 //   * A page is `page_bytes` (default 2 MiB) of one version of one object, named by the store,

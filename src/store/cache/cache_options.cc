@@ -14,6 +14,7 @@
 #include "granary/cache.h"
 #include "store/cache/cached_store.h"
 #include "store/cache/disk_tier.h"
+#include "store/s3/s3_config.h"
 #include "store/s3/sigv4.h"
 
 namespace granary {
@@ -71,10 +72,36 @@ Result<CacheOptions> ResolveCacheOptions(
     }
     *query = std::move(rest);
   }
+  // Lowest precedence: the [cache] section of the config file ($GRANARY_CONFIG, else
+  // ~/.config/granary/config), keys named like the URL parameters without "cache_"
+  // ("dir = /nvme/c", "bytes = 200G", "ram_bytes = 8G", "page_bytes", "revalidate_seconds").
+  std::map<std::string, std::string> file;
+  {
+    const char* path_env = std::getenv("GRANARY_CONFIG");
+    const char* home = std::getenv("HOME");
+    const std::string path = path_env != nullptr && *path_env != '\0'
+                                 ? std::string(path_env)
+                                 : (home != nullptr ? std::string(home) : "") +
+                                       "/.config/granary/config";
+    std::ifstream in(path);
+    if (in) {
+      std::stringstream text;
+      text << in.rdbuf();
+      file = s3::ParseAwsIni(text.str())["cache"];
+    } else if (path_env != nullptr && *path_env != '\0') {
+      return NotFoundError("GRANARY_CONFIG names " + path + ", which cannot be read");
+    }
+  }
   auto pick = [&](const char* key, const char* env) -> std::optional<std::string> {
     if (auto it = given.find(key); it != given.end()) return it->second;
     if (env != nullptr) {
       if (const char* v = std::getenv(env); v != nullptr && *v != '\0') return std::string(v);
+    }
+    const std::string k = key;
+    const std::string short_key =
+        k == "ram_cache_bytes" ? "ram_bytes" : k.starts_with("cache_") ? k.substr(6) : k;
+    if (auto it = file.find(short_key); it != file.end() && !it->second.empty()) {
+      return it->second;
     }
     return std::nullopt;
   };

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -302,6 +303,23 @@ TEST(CacheOptionsTest, SizesQueryAndEnvironment) {
   ::unsetenv("GRANARY_CACHE_DIR");
   std::vector<std::pair<std::string, std::string>> bad = {{"cache_page_bytes", "1000"}};
   EXPECT_EQ(ResolveCacheOptions({}, &bad).status().code(), StatusCode::kInvalidArgument);
+  // The config file's [cache] section is the lowest layer.
+  ScratchDir dir("cachecfg");
+  {
+    std::ofstream f(dir.Join("config"));
+    f << "[other]\ndir = /no\n[cache]\ndir = /from/file\nbytes = 2G\nram_bytes = 3M\n";
+  }
+  ::setenv("GRANARY_CONFIG", dir.Join("config").c_str(), 1);
+  GRANARY_ASSERT_OK_AND_ASSIGN(CacheOptions from_file, ResolveCacheOptions({}, &none));
+  EXPECT_EQ(from_file.dir, "/from/file");
+  EXPECT_EQ(from_file.disk_bytes, uint64_t{2} << 30);
+  EXPECT_EQ(from_file.ram_bytes, uint64_t{3} << 20);
+  ::setenv("GRANARY_CACHE_DIR", "/env/dir", 1);
+  EXPECT_EQ(ResolveCacheOptions({}, &none).value().dir, "/env/dir");
+  ::unsetenv("GRANARY_CACHE_DIR");
+  ::setenv("GRANARY_CONFIG", dir.Join("missing").c_str(), 1);
+  EXPECT_EQ(ResolveCacheOptions({}, &none).status().code(), StatusCode::kNotFound);
+  ::unsetenv("GRANARY_CONFIG");
   std::unique_ptr<ObjectStore> plain = NewMemoryStore();
   EXPECT_EQ(GetCacheStats(*plain).status().code(), StatusCode::kFailedPrecondition);
 }
