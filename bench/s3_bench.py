@@ -26,6 +26,8 @@ seed r).
   boto3-get-tN        the same through a ThreadPoolExecutor(N).map (N = --s3-threads, 16)
   granary-s3          gd.Loader(gd.Dataset("s3://bucket/.../granary"), batch_size=256,
                       shuffle=True, seed=r); a fresh Dataset each run (nothing cached)
+  granary-s3-cache-cold  the same with "?cache_dir=DIR&cache_bytes=N" on the URL and DIR empty:
+                      a job's first epoch with a node-local cache (whole 2 MiB pages fetched)
   granary-s3-cache    the same with "?cache_dir=DIR&cache_bytes=N" on the URL, after one untimed
                       epoch has filled the node-local cache (skipped with a note while granary has
                       no cache: granary.open(url, cache_dir=...) raises TypeError/ValueError)
@@ -33,11 +35,14 @@ seed r).
   s3-ceiling          what the server can serve: curl --parallel, K (--s3-ceiling-streams, 8)
                       ranged GETs of one --s3-ceiling-mib (1024) MiB object to /dev/null (SigV4,
                       no SDK); samples/s = MB/s / sample bytes
+  s3-ceiling-objects  what the server can serve one sample per request: curl --parallel
+                      --parallel-max 64 GETs of every per-sample object (URL glob, SigV4)
   disk-ceiling        granary doctor DIR --json --keep-file --only randread-128k-qd32 (O_DIRECT;
                       the random-read ceiling bench/dataset_bench.py uses for 128 KiB samples)
 
   metrics (bench/dataset_bench.py's): samples_per_s, MBps, sample_p50_us, sample_p99_us,
-  cpu_s_per_1k; x_boto3 (JSON) = samples/s over boto3-get's, ratio_disk = over disk-ceiling's
+  cpu_s_per_1k; x_boto3 (JSON) = samples/s over boto3-get's, ratio_disk = over disk-ceiling's,
+  ratio_objects = over s3-ceiling-objects' (what the server does at one request per sample)
 
 model (bench "s3_model"): a --s3-model-gib (default 1) safetensors file made by
 bench/model_bench.py (Llama-shaped BF16, one odd-length tensor, every tensor checksummed by every
@@ -123,12 +128,13 @@ GIB = 1 << 30
 MB = 1e6
 DATA_FORMAT = 1    # bump when the uploaded layout changes (markers then mismatch)
 PREFIX = f"s3bench/v{DATA_FORMAT}"
-DATASET_CONTENDERS = ["boto3-get", "boto3-get-tN", "granary-s3", "granary-s3-cache",
-                      "granary-local"]
+DATASET_CONTENDERS = ["boto3-get", "boto3-get-tN", "granary-s3", "granary-s3-cache-cold",
+                      "granary-s3-cache", "granary-local"]
 MODEL_CONTENDERS = ["granary-s3", "granary-s3-cache", "boto3-download+load_file",
                     "boto3-get+load", "granary-local"]
 CKPT_CONTENDERS = ["granary-ckpt", "granary-writer", "boto3-upload"]
 CACHE_CONTENDER = "granary-s3-cache"
+CEILINGS = ("s3-ceiling", "s3-ceiling-objects", "disk-ceiling")
 QUICK = {"s3_dataset_mib": 4, "s3_model_gib": 0.01, "s3_checkpoint_gib": 0.03,
          "s3_ceiling_mib": 32, "s3_doctor_size_mib": 16, "s3_doctor_runtime_s": 0.3,
          "s3_cache_bytes_gib": 1}
@@ -297,6 +303,25 @@ def curl_get_ceiling(server: Server, bucket: str, key: str, size: int, streams: 
     if got != size:
         raise RuntimeError(f"curl read {got} of {size} bytes of {key}")
     return {"MBps": size / secs / MB, "seconds": secs,
+            "cpu_s": harness_children_cpu() - cpu0}
+
+
+def curl_get_objects(server: Server, bucket: str, glob: str, count: int, size: int,
+                     parallel: int) -> dict:
+    """MB/s of GETs of the `count` objects of `size` bytes a URL glob names, `parallel` at once
+    (curl --parallel, to /dev/null)."""
+    cmd = ["curl", "--no-progress-meter", "--fail", "--parallel", "--parallel-max", str(parallel),
+           *curl_auth(server), "-o", "/dev/null", "-w", "%{size_download}\n",
+           object_url(server, bucket, "GLOB").replace("GLOB", glob)]
+    cpu0 = harness_children_cpu()
+    t0 = time.perf_counter()
+    out = harness.run_command(cmd, "curl (S3 GET of every sample object)", timeout_s=600)
+    secs = time.perf_counter() - t0
+    sizes = [int(x) for x in out.split()]
+    if len(sizes) != count or sum(sizes) != count * size:
+        raise RuntimeError(f"curl read {len(sizes)} objects, {sum(sizes)} bytes of {glob}; "
+                           f"expected {count} of {size}")
+    return {"MBps": count * size / secs / MB, "seconds": secs,
             "cpu_s": harness_children_cpu() - cpu0}
 
 
@@ -513,6 +538,19 @@ class DatasetSection:
                                 f"{time.monotonic() - t0:.1f}s (untimed)")
         return self.loader_epoch(url, seed, CACHE_CONTENDER)
 
+    def run_granary_cache_cold(self, seed: int) -> dict:
+        if self.cache_query is None:
+            raise SkipContender(self.failed.get(CACHE_CONTENDER, "cache not probed"))
+        cold_dir = self.cache_dir.parent / "dataset-cold"
+        shutil.rmtree(cold_dir, ignore_errors=True)
+        cold_dir.mkdir(parents=True)
+        try:
+            return self.loader_epoch(cache_url(self.granary_url,
+                                               {**self.cache_query, "cache_dir": str(cold_dir)}),
+                                     seed, "granary-s3-cache-cold")
+        finally:
+            shutil.rmtree(cold_dir, ignore_errors=True)
+
     def run_granary_local(self, seed: int) -> dict:
         return self.loader_epoch(str(self.point.granary), seed, "granary-local")
 
@@ -526,6 +564,15 @@ class DatasetSection:
                 "cpu_s_per_1k": harness.Sample(got["cpu_s"] / (self.args.s3_ceiling_mib * MIB /
                                                                self.point.size) * 1000, "s",
                                                False)}
+
+    def run_s3_ceiling_objects(self, seed: int) -> dict:
+        p = self.point
+        got = curl_get_objects(self.s3.server, self.s3.bucket,
+                               f"{self.root}/files/[{self.db.sample_key(0)}-"
+                               f"{self.db.sample_key(p.count - 1)}].jpg", p.count, p.size, 64)
+        return {"samples_per_s": harness.Sample(p.count / got["seconds"], "samples/s"),
+                "MBps": harness.Sample(got["MBps"], "MB/s"),
+                "cpu_s_per_1k": harness.Sample(got["cpu_s"] / p.count * 1000, "s", False)}
 
     def run_disk_ceiling(self, seed: int) -> dict:
         got = self.doctor.run("randread-128k-qd32")
@@ -547,6 +594,9 @@ class DatasetSection:
             "granary-s3": (self.run_granary_s3,
                            f"gd.Loader(gd.Dataset('{self.granary_url}'), batch_size="
                            f"{a.s3_batch_size}, shuffle=True, seed=r)"),
+            "granary-s3-cache-cold": (self.run_granary_cache_cold,
+                                      f"gd.Loader(gd.Dataset('{self.granary_url}?cache_dir=DIR'),"
+                                      f" ...) with DIR empty (a first epoch)"),
             CACHE_CONTENDER: (self.run_granary_cache,
                               f"gd.Loader(gd.Dataset('{self.granary_url}?cache_dir=DIR'), ...) "
                               f"after one untimed epoch"),
@@ -558,6 +608,10 @@ class DatasetSection:
                                  describe=lambda p: f"curl --parallel: "
                                                     f"{a.s3_ceiling_streams} ranged GETs of one "
                                                     f"{a.s3_ceiling_mib} MiB object"),
+               harness.Contender("s3-ceiling-objects",
+                                 self.guarded("s3-ceiling-objects", self.run_s3_ceiling_objects),
+                                 describe=lambda p: "curl --parallel --parallel-max 64: one GET "
+                                                    "per sample object (URL glob)"),
                harness.Contender("disk-ceiling", self.guarded("disk-ceiling",
                                                               self.run_disk_ceiling),
                                  describe=lambda p: self.doctor.describe("randread-128k-qd32"))]
@@ -792,19 +846,6 @@ class ModelSection:
 
 # -- checkpoint section ---------------------------------------------------------------------------
 
-class _Flushing:
-    """torch.save needs write() and flush(); granary's Writer has only write()."""
-
-    def __init__(self, w):
-        self.w = w
-
-    def write(self, b) -> int:
-        return self.w.write(b)
-
-    def flush(self) -> None:
-        pass
-
-
 class CheckpointSection:
     def __init__(self, args, s3: S3, log):
         import checkpoint_bench as cb
@@ -856,7 +897,7 @@ class CheckpointSection:
         try:
             t0 = time.perf_counter()
             with store.writer(key) as w:
-                torch.save(self.state.tensors, _Flushing(w))
+                torch.save(self.state.tensors, w)
             secs = time.perf_counter() - t0
             if store.stat(key).size <= self.state.nbytes:
                 raise RuntimeError(f"{key}: {store.stat(key).size} bytes, less than the state")
@@ -944,13 +985,19 @@ def finish(results: list[dict], baseline: str | None, out, extra: dict) -> list[
     for r in results:
         r.update(extra)
         higher = r["higher_is_better"]
+        ceiling = r["contender"] in CEILINGS
         disk = by.get(("disk-ceiling", r["what"]))
-        if disk and r["contender"] not in ("disk-ceiling", "s3-ceiling"):
+        if disk and not ceiling:
             r["ceiling_disk"] = disk["value"]
             r["ratio_disk"] = harness._round(harness.ratio(r["value"], disk["value"], higher))
             r["paired_ratio_disk"] = _paired(r["samples"], disk["samples"], higher)
+        objects = by.get(("s3-ceiling-objects", r["what"]))
+        if objects and not ceiling:
+            r["ceiling_objects"] = objects["value"]
+            r["ratio_objects"] = harness._round(harness.ratio(r["value"], objects["value"],
+                                                              higher))
         base = by.get((baseline, r["what"])) if baseline else None
-        if base and r["contender"] not in (baseline, "disk-ceiling", "s3-ceiling"):
+        if base and not ceiling and r["contender"] != baseline:
             r["x_boto3"] = harness._round(harness.ratio(r["value"], base["value"], higher))
             r["x_boto3_paired"] = _paired(r["samples"], base["samples"], higher)
             r["boto3_baseline"] = baseline
@@ -981,8 +1028,8 @@ def markdown_table(results: list[dict]) -> str:
           ("p99 us", "sample_p99_us"), ("CPU s / 1k", "cpu_s_per_1k")],
          "Dataset: one epoch in a shuffled order, every byte CRC'd. / S3 ceiling: against "
          "curl's parallel ranged GETs (MB/s; samples/s = MB/s / sample bytes); / disk: against "
-         "doctor's O_DIRECT 128 KiB QD 32 random reads; x boto3: against one get_object per "
-         "sample."),
+         "doctor's O_DIRECT 128 KiB QD 32 random reads; / S3 per-object ceiling: against curl "
+         "GETting every sample object, 64 at once; x boto3: against one get_object per sample."),
         (MODEL_BENCH, "MBps",
          [("MB/s", "MBps"), ("load s", "load_s"), ("peak RSS MiB", "peak_rss_MiB"),
           ("CPU s / GB", "cpu_s_per_GB")],
@@ -1011,24 +1058,29 @@ def markdown_table(results: list[dict]) -> str:
         head = ["point", "contender"] + [c for c, _ in cols] + ["/ S3 ceiling (paired)"]
         if bench != CKPT_BENCH:
             head.append("/ disk (paired)")
+        if bench == DATASET_BENCH:
+            head.append("/ S3 per-object ceiling")
         head += ["x boto3 (paired)", "n"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|---|---|" + "---:|" * (len(head) - 2))
         points = list(dict.fromkeys(p for p, _ in rows))
         for p in points:
-            names = [c for q, c in rows if q == p and not c.endswith("ceiling")]
-            names += [c for c in ("s3-ceiling", "disk-ceiling") if (p, c) in rows]
+            names = [c for q, c in rows if q == p and c not in CEILINGS]
+            names += [c for c in CEILINGS if (p, c) in rows]
             for c in names:
                 m = rows[(p, c)]
                 cells = [_num(m[k]["value"]) if k in m else "" for _, k in cols]
                 r = m.get(main)
-                ceil = "" if c.endswith("ceiling") else _q(r, "ratio", "paired_ratio")
+                ceil = "" if c in CEILINGS else _q(r, "ratio", "paired_ratio")
                 cells.append(ceil)
                 if bench != CKPT_BENCH:
                     cells.append(_q(r, "ratio_disk", "paired_ratio_disk"))
+                if bench == DATASET_BENCH:
+                    cells.append(_q(r, "ratio_objects"))
                 cells.append(_q(m.get(x_metric), "x_boto3", "x_boto3_paired"))
                 n = max(x["median_of"] for x in m.values())
                 name = {"s3-ceiling": "ceiling: S3 loopback (curl)",
+                        "s3-ceiling-objects": "ceiling: S3, one GET per sample (curl)",
                         "disk-ceiling": "ceiling: local disk (doctor)"}.get(c, c)
                 lines.append(f"| {p} | {name} | " + " | ".join(cells) + f" | {n} |")
         lines.append("")
@@ -1126,7 +1178,7 @@ def run(args: argparse.Namespace, out=sys.stdout, log=sys.stderr) -> list[dict]:
         if "dataset" in sections:
             sec = DatasetSection(args, s3, doctor, log)
             names = _names(chosen, DATASET_CONTENDERS)
-            if CACHE_CONTENDER in names:
+            if CACHE_CONTENDER in names or "granary-s3-cache-cold" in names:
                 sec.cache_query, why = probe_cache(sec.granary_url, sec.cache_dir, cache_bytes)
                 if why:
                     names.remove(CACHE_CONTENDER)

@@ -103,7 +103,8 @@ def test_every_section_and_contender_reports(s3_server, tmp_path):
     again = sb.run(_args(tmp_path, "--s3-sections", "dataset", "--s3-contenders",
                          "granary-s3"), out=io.StringIO(), log=log2)
     assert "uploaded" not in log2.getvalue() and "wrote" not in log2.getvalue(), log2.getvalue()
-    assert {r["contender"] for r in again} == {"s3-ceiling", "disk-ceiling", "granary-s3"}
+    assert {r["contender"] for r in again} == {"s3-ceiling", "s3-ceiling-objects", "disk-ceiling",
+                                               "granary-s3"}
 
 
 def test_a_failing_contender_is_dropped_and_the_others_still_run(s3_server, tmp_path,
@@ -116,7 +117,8 @@ def test_a_failing_contender_is_dropped_and_the_others_still_run(s3_server, tmp_
     results = sb.run(_args(tmp_path, "--s3-sections", "dataset", "--s3-contenders",
                            "boto3-get,granary-s3"), out=io.StringIO(), log=log)
     assert "boto3-get FAILED" in log.getvalue() and "Input/output error" in log.getvalue()
-    assert {r["contender"] for r in results} == {"s3-ceiling", "disk-ceiling", "granary-s3"}
+    assert {r["contender"] for r in results} == {"s3-ceiling", "s3-ceiling-objects",
+                                                 "disk-ceiling", "granary-s3"}
 
 
 def test_cache_url_adds_the_query():

@@ -15,13 +15,19 @@
 //     processes of the node, LRU per process, kept across restarts). Every page on disk carries a
 //     CRC-32C per 64 KiB chunk, checked on each read; a damaged or truncated page is dropped and
 //     fetched again, never served. Opening a cache directory checks every page header.
-//   * One fetch per page: concurrent readers of a missing page in one process wait for a single
-//     request. Pages missing from one batch are fetched as runs of adjacent pages, many at once.
+//   * One fetch per page per node: concurrent readers of a missing page in one process wait for
+//     a single request, and processes sharing the disk tier take a per-page file lock (flock)
+//     before fetching, so the others wait and read the page from disk (a holder killed mid-fetch
+//     releases it with its death). Pages missing from one batch are fetched as runs of adjacent
+//     pages, many at once.
 //   * Space: the disk tier stays under disk_bytes and keeps at least min_free_disk_bytes free on
 //     its file system, evicting least recently used pages first.
-//   * Freshness: an object's size and ETag are learned with one HEAD and trusted for
-//     `revalidate_seconds` (default 5 s; 0 = check on every read); an object replaced in the
-//     bucket is noticed within that time, and at once when a miss is fetched.
+//   * Freshness: by default every read asks the store for the object's size and ETag (one HEAD
+//     per object per read call, e.g. per shard of a batch), so once a replacement has completed
+//     in the bucket no page of the old version is served. `revalidate_seconds` > 0 trusts a
+//     learned ETag for that long instead (no request at all on a warm hit, for objects known
+//     to be immutable such as datasets and checkpoints; an object replaced in the bucket may
+//     then be served from the cache that long); a miss notices a replacement at once.
 //
 // Writes (Put, writers, Delete) go straight to the store behind the cache; pages of the old
 // version simply stop being found. Only S3 stores are cached; other stores ignore the options.
@@ -54,8 +60,9 @@ struct CacheOptions {
   uint64_t min_free_disk_bytes = uint64_t{1} << 30;
   // Page size, a multiple of 64 KiB in [64 KiB, 16 MiB]. Default 2 MiB.
   uint64_t page_bytes = uint64_t{2} << 20;
-  // How long an object's size and ETag are trusted before the next read checks them again.
-  double revalidate_seconds = 5;
+  // How long an object's size and ETag are trusted before the next read checks them again;
+  // 0 (default) checks on every read.
+  double revalidate_seconds = 0;
 
   bool enabled() const { return !dir.empty() || ram_bytes > 0; }
   Status Validate() const;

@@ -14,6 +14,7 @@
 #include "checkpoint/checkpoint_test_util.h"
 #include "checkpoint/checkpoint_verify.h"
 #include "core/testing/test_util.h"
+#include "store/testing/forwarding_store.h"
 
 namespace granary::checkpoint {
 namespace {
@@ -150,32 +151,16 @@ TEST_P(CheckpointGcTest, IncrementalReferencesStayAliveAcrossRemoval) {
 
 // Forwards to a store but fails every Delete after the first `deletes_left`: a collector that
 // dies midway (fault injection for the order of deletions).
-class DeleteBudgetStore final : public ObjectStore {
+class DeleteBudgetStore final : public granary::testing::ForwardingStore {
  public:
-  DeleteBudgetStore(ObjectStore* base, int deletes_left) : base_(base), left_(deletes_left) {}
-  std::string url() const override { return base_->url(); }
-  Result<ObjectInfo> Stat(std::string_view k) override { return base_->Stat(k); }
-  Result<size_t> Get(std::string_view k, uint64_t o, std::span<std::byte> d) override {
-    return base_->Get(k, o, d);
-  }
-  Status GetMany(std::span<ReadOp> ops) override { return base_->GetMany(ops); }
-  Status Put(std::string_view k, std::span<const std::byte> d) override { return base_->Put(k, d); }
-  Status PutIfAbsent(std::string_view k, std::span<const std::byte> d) override {
-    return base_->PutIfAbsent(k, d);
-  }
-  Result<std::unique_ptr<ObjectWriter>> NewWriter(std::string_view k, const WriterOptions& o) override {
-    return base_->NewWriter(k, o);
-  }
+  DeleteBudgetStore(ObjectStore* base, int deletes_left)
+      : ForwardingStore(base), left_(deletes_left) {}
   Status Delete(std::string_view k) override {
     if (left_-- <= 0) return UnavailableError("injected: collector died before deleting " + std::string(k));
-    return base_->Delete(k);
-  }
-  Result<ObjectPage> ListPage(std::string_view p, std::string_view a, size_t n) override {
-    return base_->ListPage(p, a, n);
+    return ForwardingStore::Delete(k);
   }
 
  private:
-  ObjectStore* base_;
   int left_;
 };
 

@@ -257,7 +257,7 @@ class CachedStore final : public ObjectStore {
         const uint64_t in_page = pos - index * page_bytes;
         const size_t length = static_cast<size_t>(std::min(end, (index + 1) * page_bytes) - pos);
         segments.push_back({i, KeyOf(op.key, object.etag, index), in_page, length,
-                            static_cast<size_t>(pos - op.offset)});
+                            static_cast<size_t>(pos - op.offset), false, nullptr});
         pos += length;
       }
     }
@@ -291,7 +291,7 @@ class CachedStore final : public ObjectStore {
         mine_info[name] = {seg.op, seg.page.index};
       }
     }
-    if (!mine.empty()) FetchPages(ops, versions, mine, mine_info);
+    if (!mine.empty()) FetchClaimed(ops, versions, mine, mine_info);
 
     std::vector<size_t> stale;
     for (size_t s : missing) {
@@ -344,11 +344,74 @@ class CachedStore final : public ObjectStore {
     return true;
   }
 
+  using FetchMap = std::map<std::string, std::shared_ptr<Fetch>>;
+  using InfoMap = std::map<std::string, std::pair<size_t, uint64_t>>;  // name -> (op, page)
+
+  // Fetches the pages this process claimed, once per node: pages another process sharing the
+  // disk tier is fetching are waited for (their page lock) and read from disk, or fetched here
+  // if that process failed or died.
+  void FetchClaimed(std::span<ReadOp> ops,
+                    const std::map<std::string, Result<SourceObject>>& versions,
+                    const FetchMap& mine, const InfoMap& info) {
+    if (disk_ == nullptr) return FetchPages(ops, versions, mine, info);
+    auto page_of = [&](const std::string& name) {
+      const auto& [op, index] = info.at(name);
+      const SourceObject& object = *versions.at(ops[op].key);
+      return std::make_pair(KeyOf(ops[op].key, object.etag, index), &object);
+    };
+    std::vector<DiskTier::PageLock> locks;
+    std::vector<std::string> busy;
+    FetchMap now;
+    InfoMap now_info;
+    for (const auto& [name, fetch] : mine) {
+      auto [page, object] = page_of(name);
+      DiskTier::PageLock lock;
+      const DiskTier::LockState state = disk_->LockPage(page, /*wait=*/false, &lock);
+      if (state == DiskTier::LockState::kBusy) {
+        busy.push_back(name);
+        continue;
+      }
+      if (lock.held() && FinishFromDisk(name, fetch, page, *object, info.at(name).second)) {
+        continue;  // written by another process since this one missed it
+      }
+      if (lock.held()) locks.push_back(std::move(lock));
+      now[name] = fetch;
+      now_info[name] = info.at(name);
+    }
+    if (!now.empty()) FetchPages(ops, versions, now, now_info);
+    locks.clear();  // the pages are on disk (or failed): let the waiting processes in
+    // One lock at a time, never holding another: no cycles between processes.
+    for (const std::string& name : busy) {
+      auto [page, object] = page_of(name);
+      DiskTier::PageLock lock;
+      disk_->LockPage(page, /*wait=*/true, &lock);
+      counters_.waits.fetch_add(1);
+      const std::shared_ptr<Fetch>& fetch = mine.at(name);
+      if (FinishFromDisk(name, fetch, page, *object, info.at(name).second)) continue;
+      FetchPages(ops, versions, {{name, fetch}}, {{name, info.at(name)}});
+    }
+  }
+
+  // Completes a claimed page from the disk tier if it is there now (counted as a disk hit).
+  bool FinishFromDisk(const std::string& name, const std::shared_ptr<Fetch>& fetch,
+                      const PageKey& page, const SourceObject& object, uint64_t index) {
+    const uint64_t begin = index * options_.page_bytes;
+    if (begin >= object.size) return false;
+    auto data = std::make_shared<Page>(std::min(options_.page_bytes, object.size - begin));
+    if (!disk_->Read(page, 0, std::span(*data)).ok()) return false;
+    counters_.disk_hits.fetch_add(1);
+    counters_.disk_hit_bytes.fetch_add(data->size());
+    ram_.Put(name, data);
+    fetch->Finish(Status::OK(), std::move(data));
+    std::lock_guard lock(fetch_mu_);
+    inflight_.erase(name);
+    return true;
+  }
+
   // Fetches the claimed pages as runs of adjacent pages, stores them in the tiers and completes
   // their Fetch records.
   void FetchPages(std::span<ReadOp> ops, const std::map<std::string, Result<SourceObject>>& versions,
-                  const std::map<std::string, std::shared_ptr<Fetch>>& mine,
-                  const std::map<std::string, std::pair<size_t, uint64_t>>& info) {
+                  const FetchMap& mine, const InfoMap& info) {
     const uint64_t page_bytes = options_.page_bytes;
     // (key, index) -> name, in order, so adjacent pages of one object are neighbours.
     std::map<std::pair<std::string, uint64_t>, std::string> order;

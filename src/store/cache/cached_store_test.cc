@@ -1,10 +1,14 @@
 // The node-local cache over an in-process source whose objects have versions (ETags), so every
 // rule of granary/cache.h is checked without a server: hits by tier, restarts, damaged pages,
-// replaced objects, one fetch per page under concurrency, the byte cap and the free-disk floor,
+// replaced objects, one fetch per page under concurrency (threads, and processes sharing a
+// directory, one of them killed mid-fetch), the byte cap and the free-disk floor,
 // and the directory operations. s3_cache_test.cc runs it against RGW.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,46 +24,33 @@
 #include "granary/cache.h"
 #include "store/cache/cached_store.h"
 #include "store/memory/memory_store.h"
+#include "store/testing/forwarding_store.h"
 #include "store/testing/test_util.h"
 
 namespace granary {
 namespace {
 
 using testing::AsWritableBytes;
+using testing::ForwardingStore;
 using testing::Payload;
 using testing::ScratchDir;
 
 // A memory store whose objects carry an ETag that changes on every Put, and that counts (and
 // can slow down) pinned fetches.
-class VersionedSource final : public ObjectStore, public CacheSource {
+class VersionedSource final : public ForwardingStore, public CacheSource {
  public:
   using ObjectStore::Put;
+  VersionedSource() : ForwardingStore(NewMemoryStore()) {}
   std::string url() const override { return "mem://versioned"; }
-  Result<ObjectInfo> Stat(std::string_view key) override { return mem_->Stat(key); }
-  Result<size_t> Get(std::string_view key, uint64_t offset, std::span<std::byte> dest) override {
-    return mem_->Get(key, offset, dest);
-  }
-  Status GetMany(std::span<ReadOp> ops) override { return mem_->GetMany(ops); }
   Status Put(std::string_view key, std::span<const std::byte> data) override {
     std::lock_guard lock(mu_);
     ++versions_[std::string(key)];
-    return mem_->Put(key, data);
-  }
-  Status PutIfAbsent(std::string_view key, std::span<const std::byte> data) override {
-    return mem_->PutIfAbsent(key, data);
-  }
-  Result<std::unique_ptr<ObjectWriter>> NewWriter(std::string_view key,
-                                                  const WriterOptions& o) override {
-    return mem_->NewWriter(key, o);
-  }
-  Status Delete(std::string_view key) override { return mem_->Delete(key); }
-  Result<ObjectPage> ListPage(std::string_view p, std::string_view s, size_t n) override {
-    return mem_->ListPage(p, s, n);
+    return ForwardingStore::Put(key, data);
   }
 
   std::string cache_identity() const override { return "test://versioned"; }
   Result<SourceObject> Head(std::string_view key) override {
-    GRANARY_ASSIGN_OR_RETURN(ObjectInfo info, mem_->Stat(key));
+    GRANARY_ASSIGN_OR_RETURN(ObjectInfo info, base()->Stat(key));
     std::lock_guard lock(mu_);
     return SourceObject{info.size_bytes, "v" + std::to_string(versions_[std::string(key)])};
   }
@@ -74,18 +65,19 @@ class VersionedSource final : public ObjectStore, public CacheSource {
           continue;
         }
       }
-      Result<size_t> n = mem_->Get(r.key, r.offset, r.dest);
+      Result<size_t> n = base()->Get(r.key, r.offset, r.dest);
       r.status = n.status();
       r.bytes_read = n.ok() ? *n : 0;
+      if (shared_bytes != nullptr) shared_bytes->fetch_add(r.bytes_read);
     }
     return Status::OK();
   }
 
   std::atomic<int> fetches{0};
   std::chrono::milliseconds delay{0};
+  std::atomic<uint64_t>* shared_bytes = nullptr;  // bytes fetched, summed over processes
 
  private:
-  std::unique_ptr<ObjectStore> mem_ = NewMemoryStore();
   std::mutex mu_;
   std::map<std::string, int> versions_;
 };
@@ -211,7 +203,7 @@ TEST_F(CacheTest, DamagedPagesAreDroppedNeverServed) {
 TEST_F(CacheTest, ReplacedObjectsAreNeverServedStale) {
   CacheOptions o = Disk();
   o.ram_bytes = 1 << 20;
-  o.revalidate_seconds = 0;  // check the ETag on every read
+  ASSERT_EQ(o.revalidate_seconds, 0);  // the default: check the ETag on every read
   VersionedSource* src;
   auto store = Open(o, &src);
   const std::string v1 = Payload(4, 3 * kPage), v2 = Payload(5, 3 * kPage + 10);
@@ -253,6 +245,63 @@ TEST_F(CacheTest, ConcurrentReadersShareOneFetchPerPage) {
   CacheStats s = GetCacheStats(*store).value();
   EXPECT_EQ(s.misses, 2u);
   EXPECT_EQ(s.waits + s.disk_hits / 2, 14u) << "7 readers x 2 pages waited or hit";
+}
+
+// Processes sharing a cache directory (DataLoader workers) fetch each page once between them;
+// a process killed while it fetches leaves nothing that blocks or misleads the others.
+TEST_F(CacheTest, ProcessesSharingADirectoryFetchEachPageOnce) {
+  auto* fetched = static_cast<std::atomic<uint64_t>*>(::mmap(
+      nullptr, sizeof(std::atomic<uint64_t>), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS,
+      -1, 0));
+  ASSERT_NE(fetched, MAP_FAILED);
+  new (fetched) std::atomic<uint64_t>(0);
+  const std::string data = Payload(7, 8 * kPage + 99);
+  // A process with its own handle over its own copy of the source (same ETags): reads the
+  // object and exits 0 if the bytes are right.
+  auto reader = [&](int delay_ms) {
+    const pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    VersionedSource* src;
+    auto store = Open(Disk(), &src);
+    int code = 3;
+    if (store != nullptr && src->Put("obj", data).ok()) {
+      src->shared_bytes = fetched;
+      src->delay = std::chrono::milliseconds(delay_ms);
+      std::string got(data.size(), '\0');
+      Result<size_t> n = store->Get("obj", 0, AsWritableBytes(got));
+      code = n.ok() && *n == data.size() && got == data ? 0 : 1;
+    }
+    ::_exit(code);
+  };
+  auto exit_code = [](pid_t pid) {
+    int status = 0;
+    if (::waitpid(pid, &status, 0) != pid) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 100 + WTERMSIG(status);
+  };
+
+  std::vector<pid_t> pids;
+  for (int i = 0; i < 4; ++i) pids.push_back(reader(300));
+  for (pid_t pid : pids) EXPECT_EQ(exit_code(pid), 0);
+  EXPECT_EQ(fetched->load(), data.size()) << "4 processes fetched the pages more than once";
+
+  // Killed while holding the page locks: the next reader takes them over and fetches.
+  GRANARY_ASSERT_OK(EvictCache(Disk().dir, 0).status());
+  fetched->store(0);
+  const pid_t doomed = reader(60'000);
+  const std::string locks = Disk().dir + "/locks";
+  for (int i = 0; i < 500 && (!std::filesystem::exists(locks) ||
+                              std::filesystem::is_empty(locks));
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_FALSE(std::filesystem::is_empty(locks)) << "the first reader never locked its pages";
+  const pid_t waiter = reader(0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_EQ(::kill(doomed, SIGKILL), 0);
+  EXPECT_EQ(exit_code(doomed), 100 + SIGKILL);
+  EXPECT_EQ(exit_code(waiter), 0);
+  EXPECT_EQ(fetched->load(), data.size());
+  ::munmap(fetched, sizeof(std::atomic<uint64_t>));
 }
 
 TEST_F(CacheTest, ByteCapAndFreeDiskFloorEvict) {

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/uio.h>
@@ -196,6 +197,7 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Open(std::string dir, uint64_t cap_b
   std::error_code ec;
   std::filesystem::create_directories(dir + "/pages", ec);
   if (!ec) std::filesystem::create_directories(dir + "/tmp", ec);
+  if (!ec) std::filesystem::create_directories(dir + "/locks", ec);
   if (ec) {
     return ErrnoToStatus(ec.value(), "cache directory " + dir).WithContext("opening the cache");
   }
@@ -225,6 +227,57 @@ Result<std::unique_ptr<DiskTier>> DiskTier::Open(std::string dir, uint64_t cap_b
   }
   tier->EvictAsNeeded();
   return tier;
+}
+
+DiskTier::PageLock& DiskTier::PageLock::operator=(PageLock&& o) noexcept {
+  if (this != &o) {
+    Release();
+    fd_ = std::exchange(o.fd_, -1);
+    path_ = std::move(o.path_);
+  }
+  return *this;
+}
+
+void DiskTier::PageLock::Release() {
+  if (fd_ < 0) return;
+  // Remove the file only while it is still ours: a waiter that opened it before may hold it
+  // next, and a later process then makes a new one (both look for the page before fetching).
+  struct stat mine, named;
+  if (::fstat(fd_, &mine) == 0 && ::stat(path_.c_str(), &named) == 0 &&
+      mine.st_ino == named.st_ino && mine.st_dev == named.st_dev) {
+    ::unlink(path_.c_str());
+  }
+  ::close(fd_);  // releases the flock
+  fd_ = -1;
+}
+
+DiskTier::LockState DiskTier::LockPage(const PageKey& page, bool wait, PageLock* lock) {
+  lock->Release();
+  std::string path = dir_ + "/locks/" + page.Name() + ".lock";
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return LockState::kUnavailable;
+    int r;
+    do {
+      r = ::flock(fd, LOCK_EX | (wait ? 0 : LOCK_NB));
+    } while (r != 0 && errno == EINTR);
+    if (r != 0) {
+      const bool busy = errno == EWOULDBLOCK;
+      ::close(fd);
+      return busy ? LockState::kBusy : LockState::kUnavailable;
+    }
+    // Held; but if the holder before us removed the file meanwhile, the lock guards nothing
+    // anyone else will look at: take the file that is there now.
+    struct stat mine, named;
+    if (::fstat(fd, &mine) == 0 && ::stat(path.c_str(), &named) == 0 &&
+        mine.st_ino == named.st_ino && mine.st_dev == named.st_dev) {
+      lock->fd_ = fd;
+      lock->path_ = std::move(path);
+      return LockState::kHeld;
+    }
+    ::close(fd);
+  }
+  return LockState::kUnavailable;
 }
 
 void DiskTier::Remember(const std::string& name, uint64_t bytes) {

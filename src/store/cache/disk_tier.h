@@ -2,6 +2,9 @@
 // <dir>/tmp/ and renamed into place (readers see whole pages or none), with a 4 KiB header that
 // names the page and carries a CRC-32C per 64 KiB chunk of its data (docs/formats/cache.md).
 //
+// Pages being fetched are locked (flock on <dir>/locks/<page>.lock) so that the processes sharing
+// the directory fetch each page once.
+//
 // Opening scans every page header and drops files that are truncated, damaged or misnamed.
 // Reads check the header and the CRC of every chunk they touch; a page that fails is removed and
 // reported as DataLoss (the caller fetches it again). Pages written by other processes sharing
@@ -20,6 +23,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 
 #include "core/checksum.h"
 #include "granary/status.h"
@@ -59,6 +63,31 @@ class DiskTier {
   Status Read(const PageKey& page, uint64_t offset, std::span<std::byte> dest);
   // Stores a page, then evicts down to the caps. Errors (a full disk) leave no partial page.
   Status Write(const PageKey& page, const PageLabel& label, std::span<const std::byte> data);
+
+  // Cross-process single flight: an flock(2) on <dir>/locks/<page>.lock, held by the one
+  // process of the node that fetches a page while the others wait for it. Released (and the
+  // file removed) by the destructor, and by the kernel when the holder dies. Whoever acquires it
+  // must look for the page again before fetching: the previous holder may have written it.
+  class PageLock {
+   public:
+    PageLock() = default;
+    PageLock(PageLock&& o) noexcept
+        : fd_(std::exchange(o.fd_, -1)), path_(std::move(o.path_)) {}
+    PageLock& operator=(PageLock&& o) noexcept;
+    ~PageLock() { Release(); }
+    bool held() const { return fd_ >= 0; }
+    void Release();
+
+   private:
+    friend class DiskTier;
+    int fd_ = -1;
+    std::string path_;
+  };
+  enum class LockState { kHeld, kBusy, kUnavailable };
+  // Takes the page's lock: at once or kBusy (another process holds it) with wait = false;
+  // blocking with wait = true. kUnavailable when the lock file cannot be made (the caller then
+  // goes on without it: at worst a page is fetched twice).
+  LockState LockPage(const PageKey& page, bool wait, PageLock* lock);
 
   uint64_t used_bytes() const;
   const std::string& dir() const { return dir_; }
