@@ -1,8 +1,10 @@
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -284,7 +286,23 @@ TEST(IoEngineTest, NowaitReadsOnlyResidentData) {
   ASSERT_NE(engine, nullptr);
   File file = OpenOrDie(path, File::Mode::kRead, /*direct=*/false);
   ASSERT_EQ(::fdatasync(file.fd()), 0);
-  ASSERT_EQ(::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+  // DONTNEED is advice: on a busy machine a page can stay resident for a moment. Ask until the
+  // range read below is out of the page cache (mincore), so "cold" really is cold.
+  void* map = ::mmap(nullptr, data.size(), PROT_READ, MAP_SHARED, file.fd(), 0);
+  ASSERT_NE(map, MAP_FAILED);
+  auto resident = [&] {
+    std::vector<unsigned char> pages(data.size() / 4096);
+    EXPECT_EQ(::mincore(map, data.size(), pages.data()), 0);
+    return std::count_if(pages.begin() + 128, pages.begin() + 144,
+                         [](unsigned char p) { return (p & 1) != 0; });
+  };
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    ASSERT_EQ(::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
+    if (resident() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(resident(), 0) << "the page cache keeps the file resident";
+  ::munmap(map, data.size());
 
   std::vector<std::byte> out(64 * 1024);
   IoRequest cold{.fd = file.fd(), .offset = 512 * 1024, .buffer = out.data(),

@@ -12,7 +12,9 @@
 #include <fstream>
 #include <list>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <span>
 #include <sstream>
 #include <unordered_map>
 #include <utility>
@@ -31,6 +33,13 @@ using cache::PageLabel;
 using Clock = std::chrono::steady_clock;
 using Page = std::vector<std::byte>;
 
+// The bytes of one page for the readers waiting on its fetch, kept alive by `owner`: a RAM-tier
+// page, or the buffer of the run it was fetched in (no copy when there is no RAM tier).
+struct PageRef {
+  std::shared_ptr<const void> owner;
+  std::span<const std::byte> bytes;
+};
+
 constexpr uint64_t kDefaultDiskBytes = uint64_t{64} << 30;
 // Adjacent missing pages of one object are fetched with one GET of at most this many pages.
 constexpr uint64_t kMaxRunPages = 8;
@@ -48,6 +57,7 @@ class RamTier {
     lru_.splice(lru_.begin(), lru_, it->second.lru);
     return it->second.page;
   }
+  bool enabled() const { return cap_ > 0; }
   void Put(const std::string& name, std::shared_ptr<const Page> page) {
     if (cap_ == 0 || page->size() > cap_) return;
     std::lock_guard lock(mu_);
@@ -85,9 +95,9 @@ struct Fetch {
   std::condition_variable cv;
   bool done = false;
   Status status;
-  std::shared_ptr<const Page> page;
+  PageRef page;
 
-  void Finish(Status s, std::shared_ptr<const Page> p) {
+  void Finish(Status s, PageRef p) {
     std::lock_guard lock(mu);
     status = std::move(s);
     page = std::move(p);
@@ -305,7 +315,7 @@ class CachedStore final : public ObjectStore {
         if (op.status.ok()) op.status = seg.fetch->status;
         continue;
       }
-      const Page& page = *seg.fetch->page;
+      const std::span<const std::byte> page = seg.fetch->page.bytes;
       if (seg.in_page + seg.length > page.size()) {
         if (op.status.ok()) {
           op.status = DataLossError(base_->url() + ": key '" + op.key + "' is shorter than its " +
@@ -402,7 +412,8 @@ class CachedStore final : public ObjectStore {
     counters_.disk_hits.fetch_add(1);
     counters_.disk_hit_bytes.fetch_add(data->size());
     ram_.Put(name, data);
-    fetch->Finish(Status::OK(), std::move(data));
+    const std::span<const std::byte> bytes(*data);
+    fetch->Finish(Status::OK(), {std::move(data), bytes});
     std::lock_guard lock(fetch_mu_);
     inflight_.erase(name);
     return true;
@@ -421,7 +432,8 @@ class CachedStore final : public ObjectStore {
       SourceObject object;
       uint64_t first = 0, count = 0;
       std::vector<std::string> names;
-      std::vector<std::byte> buffer;
+      std::shared_ptr<std::byte[]> buffer;  // not zeroed: ReadPinned fills it
+      size_t bytes = 0;
     };
     std::vector<Run> runs;
     for (const auto& [where, name] : order) {
@@ -439,37 +451,44 @@ class CachedStore final : public ObjectStore {
       Run& run = runs[r];
       const uint64_t begin = run.first * page_bytes;
       const uint64_t end = std::min(run.object.size, (run.first + run.count) * page_bytes);
-      run.buffer.resize(static_cast<size_t>(end - begin));
-      reads[r] = {run.key, run.object.etag, begin, std::span(run.buffer), 0, Status::OK()};
+      run.bytes = static_cast<size_t>(end - begin);
+      run.buffer = std::make_shared_for_overwrite<std::byte[]>(run.bytes);
+      reads[r] = {run.key, run.object.etag, begin, std::span(run.buffer.get(), run.bytes), 0,
+                  Status::OK()};
     }
     Status batch = source_->ReadPinned(reads);
     for (size_t r = 0; r < runs.size(); ++r) {
       Run& run = runs[r];
       Status s = batch.ok() ? reads[r].status : batch;
-      if (s.ok() && reads[r].bytes_read != run.buffer.size()) {
+      if (s.ok() && reads[r].bytes_read != run.bytes) {
         s = DataLossError(base_->url() + ": key '" + run.key + "' returned " +
                           std::to_string(reads[r].bytes_read) + " of " +
-                          std::to_string(run.buffer.size()) + " bytes of its version " +
+                          std::to_string(run.bytes) + " bytes of its version " +
                           run.object.etag);
       }
       if (s.code() == StatusCode::kFailedPrecondition) counters_.stale.fetch_add(1);
       for (uint64_t p = 0; p < run.count; ++p) {
         const std::string& name = run.names[p];
-        std::shared_ptr<const Page> page;
+        PageRef page;
         if (s.ok()) {
           const size_t begin = static_cast<size_t>(p * page_bytes);
-          const size_t size = std::min<size_t>(page_bytes, run.buffer.size() - begin);
-          auto copy = std::make_shared<Page>(run.buffer.begin() + begin,
-                                             run.buffer.begin() + begin + size);
+          const size_t size = std::min<size_t>(page_bytes, run.bytes - begin);
+          const std::span<const std::byte> bytes(run.buffer.get() + begin, size);
           counters_.misses.fetch_add(1);
           counters_.miss_bytes.fetch_add(size);
           if (disk_ != nullptr) {
             PageKey key = KeyOf(run.key, run.object.etag, run.first + p);
             // A page the disk cannot take is still served from memory.
-            disk_->Write(key, {run.key, run.object.etag, run.object.size}, *copy).IgnoreError();
+            disk_->Write(key, {run.key, run.object.etag, run.object.size}, bytes).IgnoreError();
           }
-          ram_.Put(name, copy);
-          page = std::move(copy);
+          if (ram_.enabled()) {  // a page of its own, so the tier never pins a whole run
+            auto copy = std::make_shared<Page>(bytes.begin(), bytes.end());
+            ram_.Put(name, copy);
+            const std::span<const std::byte> own(*copy);
+            page = {std::move(copy), own};
+          } else {
+            page = {run.buffer, bytes};
+          }
         }
         mine.at(name)->Finish(s, std::move(page));
         std::lock_guard lock(fetch_mu_);
