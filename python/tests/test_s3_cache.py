@@ -51,6 +51,8 @@ def test_an_object_replaced_in_the_bucket_is_never_served_from_the_cache(
         writer.put("obj", old)
         assert cached.get("obj") == old and cached.get("obj") == old
         assert cached.cache_stats()["ram_hits"] == 2
+        with pytest.raises(FileNotFoundError, match="absent"):
+            cached.get("absent")
         writer.put("obj", new)  # another node replaces it, behind this cache's back
         assert cached.get("obj") == new
         assert cached.get("obj", 1 << 20, 100) == new[1 << 20 : (1 << 20) + 100]

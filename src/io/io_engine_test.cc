@@ -1,10 +1,8 @@
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstring>
 #include <random>
 #include <thread>
@@ -275,8 +273,9 @@ TEST(IoEngineTest, ConcurrentRunsFromFourThreads) {
   EXPECT_EQ(mismatches.load(), 0);
 }
 
-// nowait reads copy only what the page cache holds: a dropped file answers -EAGAIN (or a short
-// resident prefix), a resident one reads fully, and nothing is ever resubmitted into a wait.
+// nowait reads copy only what the page cache holds: a dropped file answers -EAGAIN (or what
+// readahead brought in by then, bytes intact), a resident one reads fully, and nothing is ever
+// resubmitted into a wait.
 TEST(IoEngineTest, NowaitReadsOnlyResidentData) {
   ScratchDir dir;
   const std::string path = dir.path() + "/nowait.dat";
@@ -286,32 +285,21 @@ TEST(IoEngineTest, NowaitReadsOnlyResidentData) {
   ASSERT_NE(engine, nullptr);
   File file = OpenOrDie(path, File::Mode::kRead, /*direct=*/false);
   ASSERT_EQ(::fdatasync(file.fd()), 0);
-  // DONTNEED is advice: on a busy machine a page can stay resident for a moment. Ask until the
-  // range read below is out of the page cache (mincore), so "cold" really is cold.
-  void* map = ::mmap(nullptr, data.size(), PROT_READ, MAP_SHARED, file.fd(), 0);
-  ASSERT_NE(map, MAP_FAILED);
-  auto resident = [&] {
-    std::vector<unsigned char> pages(data.size() / 4096);
-    EXPECT_EQ(::mincore(map, data.size(), pages.data()), 0);
-    return std::count_if(pages.begin() + 128, pages.begin() + 144,
-                         [](unsigned char p) { return (p & 1) != 0; });
-  };
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    ASSERT_EQ(::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
-    if (resident() == 0) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  ASSERT_EQ(resident(), 0) << "the page cache keeps the file resident";
-  ::munmap(map, data.size());
+  ASSERT_EQ(::posix_fadvise(file.fd(), 0, 0, POSIX_FADV_DONTNEED), 0);
 
   std::vector<std::byte> out(64 * 1024);
   IoRequest cold{.fd = file.fd(), .offset = 512 * 1024, .buffer = out.data(),
                  .length = out.size(), .nowait = true};
   GRANARY_ASSERT_OK(engine->Run(std::span(&cold, 1)));
-  // Evicted pages: EAGAIN, or (if something re-read a page meanwhile) a short prefix.
+  // Evicted pages: usually EAGAIN. But a nowait read still starts readahead (IOCB_NOWAIT is not
+  // IOCB_NOIO), and on a fast device that I/O can finish before the kernel looks again, so a
+  // short or even whole read is legal too; what must hold is that the bytes are right.
   EXPECT_TRUE(cold.result == -EAGAIN ||
-              (cold.result >= 0 && static_cast<size_t>(cold.result) < out.size()))
+              (cold.result >= 0 && static_cast<size_t>(cold.result) <= out.size()))
       << cold.result;
+  if (cold.result > 0) {
+    EXPECT_EQ(std::memcmp(out.data(), data.data() + 512 * 1024, cold.result), 0);
+  }
 
   // Make the first half resident with an ordinary read, then ask again.
   std::vector<std::byte> warm_up(data.size());

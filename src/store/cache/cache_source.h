@@ -9,6 +9,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "granary/status.h"
 
@@ -35,6 +36,14 @@ class CacheSource {
   virtual std::string cache_identity() const = 0;
   // The current version of `key`; NotFound if absent.
   virtual Result<SourceObject> Head(std::string_view key) = 0;
+  // The current versions of `keys`, asked for together (a store with requests in flight sends
+  // them at once); one outcome per key, in order.
+  virtual std::vector<Result<SourceObject>> HeadMany(std::span<const std::string> keys) {
+    std::vector<Result<SourceObject>> out;
+    out.reserve(keys.size());
+    for (const std::string& key : keys) out.push_back(Head(key));
+    return out;
+  }
   // Ranged reads of pinned versions, many in flight; per-read outcomes.
   virtual Status ReadPinned(std::span<PinnedRead> reads) = 0;
 };

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <unordered_map>
@@ -221,22 +222,39 @@ class CachedStore final : public ObjectStore {
     meta_.erase(std::string(key));
   }
 
-  // The object's current size and ETag: remembered, or asked for when older than allowed.
-  Result<SourceObject> Version(const std::string& key, bool allow_remembered) {
+  // The current size and ETag of each of `keys` (distinct): remembered, or asked for when older
+  // than allowed, all the HEADs of one call in flight together.
+  std::map<std::string, Result<SourceObject>> Versions(const std::vector<std::string>& keys,
+                                                       bool allow_remembered) {
     const auto ttl = std::chrono::duration<double>(options_.revalidate_seconds);
-    std::optional<std::string> previous;
+    std::map<std::string, Result<SourceObject>> out;
+    std::vector<std::string> ask;
+    std::vector<std::optional<std::string>> previous;
     {
       std::lock_guard lock(meta_mu_);
-      if (auto it = meta_.find(key); it != meta_.end()) {
-        if (allow_remembered && Clock::now() - it->second.checked < ttl) return it->second.object;
-        previous = it->second.object.etag;
+      const auto now = Clock::now();
+      for (const std::string& key : keys) {
+        auto it = meta_.find(key);
+        if (it != meta_.end() && allow_remembered && now - it->second.checked < ttl) {
+          out.emplace(key, it->second.object);
+          continue;
+        }
+        ask.push_back(key);
+        previous.push_back(it != meta_.end() ? std::optional(it->second.object.etag)
+                                             : std::nullopt);
       }
     }
-    GRANARY_ASSIGN_OR_RETURN(SourceObject object, source_->Head(key));
-    if (previous && *previous != object.etag) counters_.stale.fetch_add(1);
+    if (ask.empty()) return out;
+    std::vector<Result<SourceObject>> got = source_->HeadMany(ask);
     std::lock_guard lock(meta_mu_);
-    meta_[key] = {object, Clock::now()};
-    return object;
+    for (size_t i = 0; i < ask.size(); ++i) {
+      if (got[i].ok()) {
+        if (previous[i] && *previous[i] != got[i]->etag) counters_.stale.fetch_add(1);
+        meta_[ask[i]] = {*got[i], Clock::now()};
+      }
+      out.emplace(ask[i], std::move(got[i]));
+    }
+    return out;
   }
 
   PageKey KeyOf(const std::string& key, const std::string& etag, uint64_t index) const {
@@ -248,12 +266,15 @@ class CachedStore final : public ObjectStore {
   std::vector<size_t> ReadOnce(std::span<ReadOp> ops, const std::vector<size_t>& todo,
                                bool allow_remembered) {
     const uint64_t page_bytes = options_.page_bytes;
-    std::map<std::string, Result<SourceObject>> versions;
+    std::vector<std::string> keys;
+    for (size_t i : todo) keys.push_back(ops[i].key);
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    const std::map<std::string, Result<SourceObject>> versions = Versions(keys, allow_remembered);
     std::vector<Segment> segments;
     for (size_t i : todo) {
       ReadOp& op = ops[i];
-      auto [it, fresh] = versions.try_emplace(op.key, Status::OK());
-      if (fresh) it->second = Version(op.key, allow_remembered);
+      const auto it = versions.find(op.key);
       if (!it->second.ok()) {
         op.status = it->second.status();
         continue;

@@ -73,7 +73,13 @@ class VersionedSource final : public ForwardingStore, public CacheSource {
     return Status::OK();
   }
 
+  std::vector<Result<SourceObject>> HeadMany(std::span<const std::string> keys) override {
+    head_batches.fetch_add(1);
+    return CacheSource::HeadMany(keys);
+  }
+
   std::atomic<int> fetches{0};
+  std::atomic<int> head_batches{0};
   std::chrono::milliseconds delay{0};
   std::atomic<uint64_t>* shared_bytes = nullptr;  // bytes fetched, summed over processes
 
@@ -222,6 +228,39 @@ TEST_F(CacheTest, ReplacedObjectsAreNeverServedStale) {
   EXPECT_TRUE(Read(*trusting, "obj", 0, kPage) == v1.substr(0, kPage));
   GRANARY_ASSERT_OK(src->Put("obj", v2));
   EXPECT_TRUE(Read(*trusting, "obj", 0, v2.size()) == v2);
+}
+
+// A read of many objects asks for all their versions at once (one HeadMany), every time by
+// default, and a missing object fails only its own op.
+TEST_F(CacheTest, VersionsOfAReadAreAskedForTogether) {
+  VersionedSource* src;
+  auto store = Open(Disk(), &src);
+  std::vector<std::string> keys, payloads;
+  for (int k = 0; k < 6; ++k) {
+    keys.push_back("shard-" + std::to_string(k));
+    payloads.push_back(Payload(20 + k, kPage + 17 * k));
+    GRANARY_ASSERT_OK(src->Put(keys.back(), payloads.back()));
+  }
+  keys.push_back("absent");
+  payloads.push_back(std::string(10, '\0'));
+  for (int round = 0; round < 2; ++round) {
+    std::vector<std::string> out(keys.size());
+    std::vector<ReadOp> ops(keys.size());
+    for (size_t k = 0; k < keys.size(); ++k) {
+      out[k].assign(payloads[k].size(), '\0');
+      ops[k].key = keys[k];
+      ops[k].offset = 0;
+      ops[k].dest = AsWritableBytes(out[k]);
+    }
+    const int before = src->head_batches.load();
+    GRANARY_ASSERT_OK(store->GetMany(ops));
+    EXPECT_EQ(src->head_batches.load() - before, 1) << "round " << round;
+    for (size_t k = 0; k + 1 < keys.size(); ++k) {
+      GRANARY_EXPECT_OK(ops[k].status);
+      EXPECT_TRUE(out[k] == payloads[k]) << keys[k];
+    }
+    EXPECT_EQ(ops.back().status.code(), StatusCode::kNotFound) << ops.back().status.ToString();
+  }
 }
 
 TEST_F(CacheTest, ConcurrentReadersShareOneFetchPerPage) {

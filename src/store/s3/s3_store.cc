@@ -203,11 +203,24 @@ class S3Store final : public ObjectStore, public CacheSource {
     GRANARY_RETURN_IF_ERROR(CheckKey(key));
     Call call = HeadCall(key);
     transport_->Run(call);
-    GRANARY_ASSIGN_OR_RETURN(ObjectInfo info, InfoOf(key, call));
-    if (call.response.etag.empty()) {
-      return DataLossError(transport_->Describe(call.request.key) + ": HEAD answered without an ETag");
+    return SourceObjectOf(key, call);
+  }
+
+  std::vector<Result<SourceObject>> HeadMany(std::span<const std::string> keys) override {
+    std::vector<Call> calls;
+    calls.reserve(keys.size());
+    for (const std::string& key : keys) {
+      if (CheckKey(key).ok()) calls.push_back(HeadCall(key));
     }
-    return SourceObject{info.size_bytes, call.response.etag};
+    transport_->RunAll(calls);
+    std::vector<Result<SourceObject>> out;
+    out.reserve(keys.size());
+    size_t c = 0;
+    for (const std::string& key : keys) {
+      Status bad = CheckKey(key);
+      out.push_back(bad.ok() ? SourceObjectOf(key, calls[c++]) : Result<SourceObject>(bad));
+    }
+    return out;
   }
 
   Status ReadPinned(std::span<PinnedRead> reads) override {
@@ -300,6 +313,14 @@ class S3Store final : public ObjectStore, public CacheSource {
 
   Status Exists(std::string_view key) const {
     return AlreadyExistsError(transport_->Describe(FullKey(key)) + ": already exists");
+  }
+
+  Result<SourceObject> SourceObjectOf(std::string_view key, const Call& call) const {
+    GRANARY_ASSIGN_OR_RETURN(ObjectInfo info, InfoOf(key, call));
+    if (call.response.etag.empty()) {
+      return DataLossError(transport_->Describe(call.request.key) + ": HEAD answered without an ETag");
+    }
+    return SourceObject{info.size_bytes, call.response.etag};
   }
 
   Result<ObjectInfo> InfoOf(std::string_view key, const Call& call) const {
