@@ -130,7 +130,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -415,8 +414,7 @@ def file_url(path: Path) -> str:
     return "file://" + str(path.resolve())
 
 
-class SkipContender(Exception):
-    """The contender cannot run here (its API is missing); the message says why."""
+SkipContender = harness.SkipContender
 
 
 def granary_checkpointer_cls():
@@ -739,23 +737,9 @@ class Bench:
         }[name]
 
     def guarded(self, name: str, fn: Callable[[], dict]) -> Callable[[str], dict]:
-        """Runs fn; on an error prints it once and drops the contender for the rest of the run."""
-        def run(point: str) -> dict:
-            if name in self.failed:
-                return {}
-            try:
-                return fn()
-            except SkipContender as e:
-                self.failed[name] = str(e)
-                print(f"[{BENCH}] skipping {name}: {e}", file=self.log, flush=True)
-            except Exception as e:  # noqa: BLE001 - report, keep benchmarking the others
-                self.failed[name] = f"{type(e).__name__}: {e}"
-                print(f"[{BENCH}] {name} FAILED, dropped from this run: {type(e).__name__}: {e}",
-                      file=self.log, flush=True)
-                traceback.print_exc(file=self.log)
-                release_memory()
-            return {}
-        return run
+        """fn as a contender (harness.run_guarded: a failure drops it for the run)."""
+        return lambda point: harness.run_guarded(name, fn, self.failed, self.log, BENCH,
+                                                 after=release_memory)
 
 
 def probe(name: str) -> str | None:

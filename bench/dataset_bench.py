@@ -315,8 +315,7 @@ def files_under(d: Path) -> list[Path]:
 
 # -- the granary API --------------------------------------------------------------------------------
 
-class SkipContender(Exception):
-    """The contender cannot run here (its API is missing); the message says why."""
+SkipContender = harness.SkipContender
 
 
 def granary_data():
@@ -500,23 +499,11 @@ class Bench:
         return self.runs[k]
 
     def guarded(self, name: str, fn: Callable[[Point, int], dict]) -> Callable[[str], dict]:
-        """Runs fn; on an error prints it once and drops the contender for the rest of the run."""
+        """fn as a contender (harness.run_guarded: a failure drops it for the run)."""
         def run(label: str) -> dict:
             seed = self.seed(name, label)
-            if name in self.failed:
-                return {}
-            try:
-                return fn(self.points[label], seed)
-            except SkipContender as e:
-                self.failed[name] = str(e)
-                log_print(self.log, f"skipping {name}: {e}")
-            except Exception as e:  # noqa: BLE001 - report, keep benchmarking the others
-                self.failed[name] = f"{type(e).__name__}: {e}"
-                log_print(self.log, f"{name} FAILED, dropped from this run: "
-                                    f"{type(e).__name__}: {e}")
-                traceback.print_exc(file=self.log)
-            gc.collect()
-            return {}
+            return harness.run_guarded(name, lambda: fn(self.points[label], seed), self.failed,
+                                       self.log, BENCH, after=gc.collect)
         return run
 
     # 1. Python open().read() per file

@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from typing import Callable, Iterable, Sequence, TextIO
 
 try:
@@ -65,6 +66,35 @@ class Contender:
 
     def description(self, point: str) -> str:
         return self.describe(point) if self.describe else self.name
+
+
+class SkipContender(Exception):
+    """The contender cannot run here (its API is missing); the message says why."""
+
+
+def run_guarded(name: str, call: Callable[[], dict], failed: dict[str, str], log: TextIO,
+                tag: str, quiet: tuple[type[BaseException], ...] = (),
+                after: Callable[[], object] | None = None) -> dict:
+    """One run of contender `name`: call()'s samples, or {} once it has failed. A SkipContender
+    or any other error is printed once (with a traceback unless it is one of `quiet`), recorded
+    in `failed` and drops the contender for the rest of the run; `after` (e.g. gc.collect) runs
+    after a failure so the next contender starts clean."""
+    if name in failed:
+        return {}
+    try:
+        return call()
+    except SkipContender as e:
+        failed[name] = str(e)
+        print(f"[{tag}] skipping {name}: {e}", file=log, flush=True)
+    except Exception as e:  # noqa: BLE001 - report, keep benchmarking the others
+        failed[name] = f"{type(e).__name__}: {e}"
+        print(f"[{tag}] {name} FAILED, dropped from this run: {type(e).__name__}: {e}", file=log,
+              flush=True)
+        if not isinstance(e, quiet):
+            traceback.print_exc(file=log)
+    if after is not None:
+        after()
+    return {}
 
 
 def median(values: Sequence[float]) -> float:

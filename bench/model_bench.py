@@ -118,7 +118,6 @@ import struct
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -713,8 +712,7 @@ def child_main(cfg: dict) -> int:
 
 # -- the parent -----------------------------------------------------------------------------------
 
-class SkipContender(Exception):
-    """The contender cannot run here (its API is missing); the message says why."""
+SkipContender = harness.SkipContender
 
 
 class ChecksumMismatch(RuntimeError):
@@ -888,24 +886,11 @@ class Bench:
         return " ".join(["granary"] + self.doctor_cmd(cache)[1:]) + f": {what}"
 
     def guarded(self, name: str, fn: Callable[[str], dict]) -> Callable[[str], dict]:
-        """Runs fn; on an error prints it once and drops the contender for the rest of the run."""
-        def run(point: str) -> dict:
-            if name in self.failed:
-                return {}
-            try:
-                return fn(point)
-            except SkipContender as e:
-                self.failed[name] = str(e)
-                log_print(self.log, f"skipping {name}: {e}")
-            except Exception as e:  # noqa: BLE001 - report, keep benchmarking the others
-                self.failed[name] = f"{type(e).__name__}: {e}"
-                log_print(self.log, f"{name} FAILED, dropped from this run: "
-                                    f"{type(e).__name__}: {e}")
-                if not isinstance(e, ChecksumMismatch):
-                    traceback.print_exc(file=self.log)
-            gc.collect()
-            return {}
-        return run
+        """fn as a contender (harness.run_guarded: a failure drops it for the run; a checksum
+        mismatch is reported without a traceback)."""
+        return lambda point: harness.run_guarded(name, lambda: fn(point), self.failed, self.log,
+                                                 BENCH, quiet=(ChecksumMismatch,),
+                                                 after=gc.collect)
 
     def contenders(self, names: list[str]) -> list[harness.Contender]:
         out = [harness.Contender("ceiling", self.guarded("ceiling", self.run_ceiling),

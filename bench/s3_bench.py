@@ -107,7 +107,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import urllib.parse
 from pathlib import Path
 from typing import Callable
@@ -147,8 +146,7 @@ def log_print(log, msg: str) -> None:
     print(f"[{BENCH}] {msg}", file=log, flush=True)
 
 
-class SkipContender(Exception):
-    """The contender cannot run here (its API is missing); the message says why."""
+SkipContender = harness.SkipContender
 
 
 # -- the server -----------------------------------------------------------------------------------
@@ -642,23 +640,9 @@ def upload_random(s3: S3, key: str, nbytes: int) -> None:
 
 
 def guarded(section, name: str, fn: Callable[[str], dict]) -> Callable[[str], dict]:
-    """Runs fn; on an error prints it once and drops the contender for the rest of the run."""
-    def run(point: str) -> dict:
-        if name in section.failed:
-            return {}
-        try:
-            return fn(point)
-        except SkipContender as e:
-            section.failed[name] = str(e)
-            log_print(section.log, f"skipping {name}: {e}")
-        except Exception as e:  # noqa: BLE001 - report, keep benchmarking the others
-            section.failed[name] = f"{type(e).__name__}: {e}"
-            log_print(section.log, f"{name} FAILED, dropped from this run: "
-                                   f"{type(e).__name__}: {e}")
-            traceback.print_exc(file=section.log)
-        gc.collect()
-        return {}
-    return run
+    """fn as a contender of `section` (harness.run_guarded: a failure drops it for the run)."""
+    return lambda point: harness.run_guarded(name, lambda: fn(point), section.failed,
+                                             section.log, BENCH, after=gc.collect)
 
 
 # -- model section --------------------------------------------------------------------------------

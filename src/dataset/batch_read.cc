@@ -323,32 +323,17 @@ Status DatasetImpl::ReadCold(ReadPart& part, std::vector<Rec*>& cold) {
 }
 
 Status DatasetImpl::ReadPartRemote(ReadPart& part) {
-  // Groups: records of one shard, in file order, read by one ranged GET. A record joins the
-  // group before it when the gap is at most kRemoteMergeGap, the group stays within
-  // kRemoteMaxRead and at least half of what it fetches is records (the gaps land in batch memory
-  // and are dropped, so this also bounds the memory a batch wastes to its own size).
+  // One ranged GET per run (ReadBatch formed them; gaps land in batch memory and are dropped).
   struct Group {
     size_t begin, end;  // into part.recs
     uint64_t from, to;  // in the shard
-    uint64_t useful;    // record bytes
   };
   std::vector<Group> groups;
-  for (size_t i = 0; i < part.recs.size(); ++i) {
-    const Rec& r = part.recs[i];
-    GRANARY_RETURN_IF_ERROR(CheckHeaderOnce(r.shard));
-    if (!groups.empty()) {
-      Group& g = groups.back();
-      const Rec& first = part.recs[g.begin];
-      const uint64_t to = std::max(g.to, r.end());
-      if (first.shard == r.shard && r.offset <= g.to + kRemoteMergeGap &&
-          to - g.from <= kRemoteMaxRead && 2 * (g.useful + r.length) >= to - g.from) {
-        g.end = i + 1;
-        g.to = to;
-        g.useful += r.length;
-        continue;
-      }
-    }
-    groups.push_back(Group{i, i + 1, r.offset, r.end(), r.length});
+  for (auto [b, e] : part.runs) {
+    GRANARY_RETURN_IF_ERROR(CheckHeaderOnce(part.recs[b].shard));
+    uint64_t to = 0;
+    for (uint32_t i = b; i < e; ++i) to = std::max(to, part.recs[i].end());
+    groups.push_back(Group{b, e, part.recs[b].offset, to});
   }
   std::vector<ReadOp> ops(groups.size());
   for (size_t g = 0; g < groups.size(); ++g) {
@@ -424,25 +409,38 @@ Result<std::shared_ptr<Batch>> DatasetImpl::ReadBatch(std::span<const uint64_t> 
   }
   located = {};
 
-  // Runs: records of one shard within kMaxMergeGap of each other, up to kMaxMergedRead.
-  // (Stores without local files get one run per record.)
+  // Runs: nearby records of one shard. Local files: within kMaxMergeGap of each other (block
+  // aligned), up to kMaxMergedRead. Remote stores: one ranged GET each, within kRemoteMergeGap,
+  // up to kRemoteMaxRead, and at least half of it records (which also bounds the batch memory
+  // the dropped gaps take to the batch's own size).
   std::vector<std::pair<uint32_t, uint32_t>> runs;
-  uint64_t total = 0, run_a1 = 0;
+  uint64_t total = 0, run_end = 0, run_useful = 0;  // run_end: aligned up when local
   for (uint32_t i = 0; i < recs.size(); ++i) {
     const Rec& r = recs[i];
     total += r.length;
-    if (!runs.empty() && local_) {
+    if (!runs.empty() && recs[runs.back().first].shard == r.shard) {
       const Rec& first = recs[runs.back().first];
-      const uint64_t a1 = std::max(run_a1, AlignUp(r.end()));
-      if (first.shard == r.shard && AlignDown(r.offset) <= run_a1 + kMaxMergeGap &&
-          a1 - AlignDown(first.offset) <= kMaxMergedRead) {
+      bool joins;
+      uint64_t end;
+      if (local_) {
+        end = std::max(run_end, AlignUp(r.end()));
+        joins = AlignDown(r.offset) <= run_end + kMaxMergeGap &&
+                end - AlignDown(first.offset) <= kMaxMergedRead;
+      } else {
+        end = std::max(run_end, r.end());
+        joins = r.offset <= run_end + kRemoteMergeGap && end - first.offset <= kRemoteMaxRead &&
+                2 * (run_useful + r.length) >= end - first.offset;
+      }
+      if (joins) {
         runs.back().second = i + 1;
-        run_a1 = a1;
+        run_end = end;
+        run_useful += r.length;
         continue;
       }
     }
     runs.emplace_back(i, i + 1);
-    run_a1 = AlignUp(r.end());
+    run_end = local_ ? AlignUp(r.end()) : r.end();
+    run_useful = r.length;
   }
 
   // Parts: consecutive runs of about equal bytes, one per thread.

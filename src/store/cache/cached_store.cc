@@ -427,7 +427,7 @@ class CachedStore final : public ObjectStore {
   bool FinishFromDisk(const std::string& name, const std::shared_ptr<Fetch>& fetch,
                       const PageKey& page, const SourceObject& object, uint64_t index) {
     const uint64_t begin = index * options_.page_bytes;
-    if (begin >= object.size) return false;
+    if (begin >= object.size || !disk_->Contains(page)) return false;  // no page buffer for nothing
     auto data = std::make_shared<Page>(std::min(options_.page_bytes, object.size - begin));
     if (!disk_->Read(page, 0, std::span(*data)).ok()) return false;
     counters_.disk_hits.fetch_add(1);

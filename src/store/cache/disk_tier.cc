@@ -330,6 +330,10 @@ void DiskTier::EvictAsNeeded() {
   }
 }
 
+bool DiskTier::Contains(const PageKey& page) const {
+  return ::access(PathOf(page.Name()).c_str(), F_OK) == 0;
+}
+
 Status DiskTier::Read(const PageKey& page, uint64_t offset, std::span<std::byte> dest) {
   const std::string name = page.Name();
   const std::string path = PathOf(name);

@@ -61,6 +61,8 @@ class DiskTier {
   // Reads [offset, offset + dest.size()) of the page's data. NotFound when absent; DataLoss
   // (and the file removed) when damaged; OutOfRange if the page holds fewer bytes.
   Status Read(const PageKey& page, uint64_t offset, std::span<std::byte> dest);
+  // Whether the page's file exists (unchecked; Read checks it).
+  bool Contains(const PageKey& page) const;
   // Stores a page, then evicts down to the caps. Errors (a full disk) leave no partial page.
   Status Write(const PageKey& page, const PageLabel& label, std::span<const std::byte> data);
 
