@@ -53,6 +53,10 @@ def test_an_object_replaced_in_the_bucket_is_never_served_from_the_cache(
         assert cached.cache_stats()["ram_hits"] == 2
         with pytest.raises(FileNotFoundError, match="absent"):
             cached.get("absent")
+        with pytest.raises(ValueError, match="1024"):
+            cached.get("k" * 1100, 0, 10)  # the key check of the batched HEADs
+        with pytest.raises(ValueError, match=r"'\.\.' component"):
+            cached.get("../escape", 0, 10)
         writer.put("obj", new)  # another node replaces it, behind this cache's back
         assert cached.get("obj") == new
         assert cached.get("obj", 1 << 20, 100) == new[1 << 20 : (1 << 20) + 100]

@@ -343,6 +343,22 @@ TEST_F(CacheTest, ProcessesSharingADirectoryFetchEachPageOnce) {
   ::munmap(fetched, sizeof(std::atomic<uint64_t>));
 }
 
+// A page lock that cannot be taken (its directory is gone) costs at worst a duplicate fetch
+// between processes: the read still fetches, serves and stores the pages.
+TEST_F(CacheTest, PagesAreFetchedWhenTheirLockCannotBeTaken) {
+  VersionedSource* src;
+  auto store = Open(Disk(), &src);
+  const std::string data = Payload(9, 3 * kPage);
+  GRANARY_ASSERT_OK(src->Put("obj", data));
+  std::filesystem::remove_all(Disk().dir + "/locks");
+  std::ofstream(Disk().dir + "/locks") << "not a directory";
+  EXPECT_TRUE(Read(*store, "obj", 0, data.size()) == data);
+  EXPECT_TRUE(Read(*store, "obj", 0, data.size()) == data);
+  CacheStats s = GetCacheStats(*store).value();
+  EXPECT_EQ(s.misses, 3u);
+  EXPECT_EQ(s.disk_hits, 3u);
+}
+
 TEST_F(CacheTest, ByteCapAndFreeDiskFloorEvict) {
   CacheOptions o = Disk();
   o.disk_bytes = 5 * (kPage + 4096);
